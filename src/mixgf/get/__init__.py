@@ -1,0 +1,1 @@
+"""mixgf.get (filled by later releases)."""

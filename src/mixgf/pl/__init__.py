@@ -1,0 +1,1 @@
+"""mixgf.pl (filled by later releases)."""

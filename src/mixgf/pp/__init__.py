@@ -1,0 +1,8 @@
+"""Preprocessing: AnnData in, rank-value tokens out (numpy/scipy/numba; never torch)."""
+
+from __future__ import annotations
+
+from ._medians import gene_medians
+from ._tokenize import coverage_report, rank_tokenize
+
+__all__ = ["coverage_report", "gene_medians", "rank_tokenize"]

@@ -1,0 +1,1 @@
+"""mixgf.tl (filled by later releases)."""

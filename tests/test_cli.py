@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+
+from mixgf._cli import main
+
+
+def test_demo_prints_coverage_for_both_species():
+    out = subprocess.run([sys.executable, "-m", "mixgf", "demo"], capture_output=True, text=True, check=True)
+    assert "coverage of vocabulary 'mixgf' (human genes)" in out.stdout
+    assert "coverage of vocabulary 'mixgf' (mouse genes)" in out.stdout
+    assert "2,700 cells" in out.stdout and "822 cells" in out.stdout
+
+
+def test_tokenize_command(pbmc, tmp_path, capsys):
+    src = tmp_path / "in.h5ad"
+    pbmc.write_h5ad(src)
+    dst = tmp_path / "out.h5ad"
+    assert main(["tokenize", str(src), "-o", str(dst), "--gene-id-key", "gene_id", "--backed"]) == 0
+    tok = ad.read_h5ad(dst).obsm["mixgf_tokens"]
+    assert tok.shape[0] == pbmc.n_obs and (tok[:, 0] > 0).all()
+    assert main(["tokenize", str(src), "-o", str(dst)]) == 2
+    assert "exists" in capsys.readouterr().err
+    # bad input: a clear message and exit code 2, no output file
+    bad = pbmc.copy()
+    bad.X = bad.X.astype(np.float32) * 0.5
+    bad.write_h5ad(src)
+    assert main(["tokenize", str(src), "-o", str(tmp_path / "x.h5ad"), "--gene-id-key", "gene_id"]) == 2
+    assert "non-integer" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5ad").exists()

@@ -19,25 +19,25 @@ def _quiet_settings():
 
 
 @pytest.fixture(scope="session")
-def _pbmc_full() -> ad.AnnData:
+def pbmc_full() -> ad.AnnData:
     return mgf.datasets.pbmc3k()
 
 
 @pytest.fixture
-def pbmc(_pbmc_full) -> ad.AnnData:
+def pbmc(pbmc_full) -> ad.AnnData:
     """300 real human PBMCs (raw counts, symbols as var names, Ensembl IDs in var['gene_id'])."""
-    return _pbmc_full[:300].copy()
+    return pbmc_full[:300].copy()
 
 
 @pytest.fixture(scope="session")
-def _baron_full() -> ad.AnnData:
+def baron_full() -> ad.AnnData:
     return mgf.datasets.baron_mouse_pancreas()
 
 
 @pytest.fixture
-def baron(_baron_full) -> ad.AnnData:
+def baron(baron_full) -> ad.AnnData:
     """200 real mouse pancreas cells (raw counts, mouse symbols as var names)."""
-    return _baron_full[:200].copy()
+    return baron_full[:200].copy()
 
 
 @pytest.fixture

@@ -23,4 +23,30 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "datasets", "genes", "get", "pl", "pp", "settings", "tl"]
+__all__ = [
+    "MixGeneformer",
+    "__version__",
+    "datasets",
+    "genes",
+    "get",
+    "load_model",
+    "model",
+    "pl",
+    "pp",
+    "settings",
+    "tl",
+]
+
+
+def __getattr__(name: str):
+    # torch is imported only when the model side is first used
+    if name in ("MixGeneformer", "load_model"):
+        from . import _pretrained
+
+        return getattr(_pretrained, name)
+    if name == "model":
+        import importlib
+
+        return importlib.import_module(".model", __name__)
+    msg = f"module 'mixgf' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -1,1 +1,7 @@
-"""mixgf.pl (filled by later releases)."""
+"""Plots of what :mod:`mixgf.tl` stored (matplotlib / scanpy; never runs a model)."""
+
+from __future__ import annotations
+
+from ._umap import umap
+
+__all__ = ["umap"]

@@ -1,0 +1,87 @@
+"""Pure-torch model core of mixgf.
+
+A BERT encoder numerically equivalent to Hugging Face ``BertForMaskedLM`` (the Geneformer
+architecture), cell embedding with token-budget batching, and safe checkpoint I/O.
+
+This subpackage depends only on :mod:`torch`, :mod:`numpy` and :mod:`safetensors`.
+
+Main entry points
+-----------------
+:class:`EncoderConfig`
+    Model hyper-parameters (``from_hf_dict`` reads a Hugging Face BERT ``config.json``).
+:class:`BertEncoderModel`
+    The encoder: padded (:meth:`~BertEncoderModel.forward`) and packed
+    (:meth:`~BertEncoderModel.forward_packed`) paths over the same weights, optional MLM head.
+:func:`embed_tokens`
+    Tokenised cells -> ``[N, H]`` float32 embeddings (length-sorted token-budget batches,
+    out-of-memory back-off).
+:func:`import_hf_bert`
+    Import Geneformer / Mouse-Geneformer / Mix-Geneformer checkpoints.
+:func:`save_model_dir`, :func:`load_model_dir`
+    mixgf model directories (safetensors + sha256 manifest).
+"""
+
+from __future__ import annotations
+
+from ._batching import (
+    DEFAULT_TOKEN_BUDGET_CPU,
+    DEFAULT_TOKEN_BUDGET_CUDA,
+    embed_tokens,
+    make_batches,
+    resolve_device,
+    resolve_dtype,
+)
+from ._checkpoint import (
+    FORMAT_VERSION,
+    LoadedModel,
+    check_state_dict,
+    expected_state_shapes,
+    hf_to_mixgf_state_dict,
+    import_hf_bert,
+    load_model_dir,
+    save_model_dir,
+    verify_model_dir,
+)
+from ._config import SUPPORTED_ACTIVATIONS, EncoderConfig
+from ._encoder import (
+    BertEncoderModel,
+    EncoderLayer,
+    MLMHead,
+    describe,
+    packed_position_ids,
+    resolve_layer,
+    varlen_available,
+)
+from ._genes import token_state_means
+from ._pooling import gene_token_mask, pool_packed, pool_padded
+
+__all__ = [
+    "DEFAULT_TOKEN_BUDGET_CPU",
+    "DEFAULT_TOKEN_BUDGET_CUDA",
+    "FORMAT_VERSION",
+    "SUPPORTED_ACTIVATIONS",
+    "BertEncoderModel",
+    "EncoderConfig",
+    "EncoderLayer",
+    "LoadedModel",
+    "MLMHead",
+    "check_state_dict",
+    "describe",
+    "embed_tokens",
+    "expected_state_shapes",
+    "gene_token_mask",
+    "hf_to_mixgf_state_dict",
+    "import_hf_bert",
+    "load_model_dir",
+    "make_batches",
+    "packed_position_ids",
+    "pool_packed",
+    "pool_padded",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_layer",
+    "save_model_dir",
+    "token_state_means",
+    "varlen_available",
+    "verify_model_dir",
+]

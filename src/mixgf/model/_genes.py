@@ -1,0 +1,77 @@
+"""Contextual gene embeddings: each token's hidden state averaged over the cells it occurs in."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ._batching import DEFAULT_TOKEN_BUDGET_CPU, DEFAULT_TOKEN_BUDGET_CUDA, make_batches, resolve_device
+from ._encoder import resolve_layer
+
+if TYPE_CHECKING:
+    from ._encoder import BertEncoderModel
+
+
+def token_state_means(
+    model: BertEncoderModel,
+    tokens: np.ndarray,
+    lengths: np.ndarray,
+    *,
+    layer: int = -2,
+    device: str | torch.device | None = "cpu",
+    token_budget: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean hidden state of every token id over all its occurrences.
+
+    Parameters
+    ----------
+    model
+        The encoder.
+    tokens
+        ``[N, L]`` right-padded token ids.
+    lengths
+        ``[N]`` number of real tokens per cell (cells with 0 tokens are skipped).
+    layer
+        Hidden-state index (as in :func:`mixgf.model.embed_tokens`).
+    device
+        Torch device.
+    token_budget
+        Padded tokens per batch.
+
+    Returns
+    -------
+    means
+        ``[vocab_size, hidden]`` float32, NaN for tokens that never occur.
+    counts
+        ``[vocab_size]`` number of occurrences.
+    """
+    dev = resolve_device(device)
+    resolve_layer(layer, model.num_layers)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    budget = token_budget or (DEFAULT_TOKEN_BUDGET_CUDA if dev.type == "cuda" else DEFAULT_TOKEN_BUDGET_CPU)
+    v, h = model.config.vocab_size, model.config.hidden_size
+    sums = torch.zeros(v, h, dtype=torch.float64, device=dev)
+    counts = torch.zeros(v, dtype=torch.float64, device=dev)
+    keep = np.flatnonzero(lengths > 0)
+    was_training = model.training
+    model.to(dev).eval()
+    try:
+        with torch.inference_mode():
+            for b in make_batches(lengths[keep], budget):
+                idx = keep[b]
+                L = int(lengths[idx].max())
+                ids = torch.from_numpy(np.asarray(tokens[idx, :L]).astype(np.int64)).to(dev)
+                mask = torch.arange(L, device=dev)[None, :] < torch.from_numpy(lengths[idx]).to(dev)[:, None]
+                ids = ids.masked_fill(~mask, model.config.pad_token_id)
+                hidden = model(ids, mask, layer).to(torch.float64)
+                flat_ids = ids[mask]
+                sums.index_add_(0, flat_ids, hidden[mask])
+                counts.index_add_(0, flat_ids, torch.ones_like(flat_ids, dtype=torch.float64))
+    finally:
+        model.train(was_training)
+    means = (sums / counts.clamp(min=1)[:, None]).to(torch.float32).cpu().numpy()
+    counts_np = counts.cpu().numpy().astype(np.int64)
+    means[counts_np == 0] = np.nan
+    return means, counts_np

@@ -1,0 +1,246 @@
+"""`mixgf.tl.embed` and `mixgf.tl.embed_genes`: cell and gene embeddings from a model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+
+from .. import _logging as logg
+from .._keys import EMBEDDING_KEY, TOKENS_KEY
+from .._settings import settings
+from ._utils import get_tokens, prepare_target, resolve_model, uns_key
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anndata import AnnData
+
+    from .._pretrained import MixGeneformer
+
+DEFAULT_LAYER = -2
+"""Hidden-state index used for embeddings: the output of the second-to-last block (Geneformer's default)."""
+
+
+def _params(model: MixGeneformer, **kw) -> dict:
+    from .. import __version__
+
+    return {
+        "model": model.name,
+        "model_trained": model.trained,
+        "weights_sha256": model.weights_sha256 or "",
+        "vocab": model.vocab.name,
+        "vocab_sha256": model.vocab.sha256,
+        **{k: ("" if v is None else v) for k, v in kw.items()},
+        "mixgf_version": __version__,
+    }
+
+
+def embed(
+    adata: AnnData,
+    *,
+    model: MixGeneformer | str | Path | None = None,
+    tokens_key: str = TOKENS_KEY,
+    layer: int = DEFAULT_LAYER,
+    pooling: Literal["mean", "cls"] = "mean",
+    device: str | None = None,
+    dtype: str | None = None,
+    token_budget: int | None = None,
+    key_added: str = EMBEDDING_KEY,
+    copy: bool = False,
+) -> AnnData | None:
+    """Embed every cell with a Mix-Geneformer / Geneformer model.
+
+    Cells are batched by a token budget (not a cell count) in length order; on CUDA the batch is packed into one
+    token stream with variable-length attention in bf16 (pooling in fp32), on CPU it runs fp32 attention over
+    length-bucketed batches. A cell's embedding does not depend on the other cells in its batch.
+
+    Parameters
+    ----------
+    adata
+        Cells tokenized by :func:`mixgf.pp.rank_tokenize` with the model's vocabulary. Missing tokens are computed
+        on the fly with the model's vocabulary (and stored under ``tokens_key``).
+    model
+        A :class:`mixgf.MixGeneformer`, a model directory, or `None` for the bundled default model.
+    tokens_key
+        ``obsm`` key of the tokens.
+    layer
+        Hidden state to pool: ``0`` = token embeddings, ``i`` = output of block ``i``, ``-1`` = last block,
+        ``-2`` = second-to-last block (default; Geneformer's ``emb_layer=-1``). Later blocks are not computed.
+    pooling
+        ``"mean"`` over gene tokens (padding and special tokens excluded) or ``"cls"`` (the ``<cls>`` position;
+        only for vocabularies whose rules put ``<cls>`` first).
+    device
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, …; `None` uses :attr:`mixgf.settings.device`.
+    dtype
+        Compute dtype; `None` = bf16 on CUDA, fp32 on CPU.
+    token_budget
+        Tokens per batch; halved automatically when the GPU runs out of memory.
+    key_added
+        ``obsm`` key of the embedding; the parameters go to ``uns[key_added without "X_"]``.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    `None`, or a copy when ``copy=True``, with
+
+    ``adata.obsm[key_added]`` : `numpy.ndarray` (float32, cells × hidden size)
+        Cell embeddings (NaN rows for cells without gene tokens).
+    ``adata.uns["mixgf"]["params"]`` : dict
+        Model name and weights sha256, vocabulary sha256, layer, pooling, device, dtype, mixgf version.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> adata = mgf.datasets.pbmc3k()[:200].copy()
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id")
+    >>> mgf.tl.embed(adata)
+    >>> adata.obsm["X_mixgf"].shape
+    (200, 128)
+    """
+    from ..model import embed_tokens, resolve_device, resolve_dtype
+
+    mdl = resolve_model(model)
+    dev = resolve_device(settings.device if device is None else device)
+    if pooling == "cls" and not mdl.vocab.rules.add_cls:
+        msg = f"pooling='cls' needs tokens that start with <cls>; the rules of vocabulary {mdl.vocab.name!r} add none."
+        raise ValueError(msg)
+    target = prepare_target(adata, copy=copy)
+    tokens, lengths = get_tokens(target, mdl, tokens_key)
+    t0 = logg.info(f"embedding {target.n_obs:,} cells with model {mdl.name!r} on {dev}")
+    out = np.full((target.n_obs, mdl.config.hidden_size), np.nan, dtype=np.float32)
+    n_special = int(mdl.vocab.rules.add_cls) + int(mdl.vocab.rules.add_eos)
+    has_genes = lengths > n_special
+    if has_genes.any():
+        idx = np.flatnonzero(has_genes)
+        out[idx] = embed_tokens(
+            mdl.encoder,
+            tokens[idx],
+            lengths[idx],
+            layer=layer,
+            pooling=pooling,
+            special_ids=[int(i) for i in mdl.vocab.special_ids],
+            cls_id=mdl.vocab.id_of("cls") if pooling == "cls" else None,
+            device=dev,
+            dtype=dtype,
+            token_budget=token_budget,
+            progress=settings.progress_bar,
+        )
+    if (~has_genes).any():
+        logg.warn(
+            f"{int((~has_genes).sum())} cells have no gene token (e.g. {target.obs_names[~has_genes][:5].tolist()}); "
+            f"their rows of adata.obsm[{key_added!r}] are NaN."
+        )
+    target.obsm[key_added] = out
+    target.uns[uns_key(key_added)] = {
+        "params": _params(
+            mdl,
+            tokens_key=tokens_key,
+            layer=layer,
+            pooling=pooling,
+            device=str(dev),
+            dtype=str(resolve_dtype(dtype, dev)).removeprefix("torch."),
+            token_budget=token_budget,
+        )
+    }
+    logg.info(f"    added {key_added!r} (adata.obsm), {uns_key(key_added)!r} (adata.uns)", start=t0)
+    return target if copy else None
+
+
+def embed_genes(
+    adata: AnnData,
+    *,
+    model: MixGeneformer | str | Path | None = None,
+    mode: Literal["contextual", "static"] = "contextual",
+    tokens_key: str = TOKENS_KEY,
+    layer: int = DEFAULT_LAYER,
+    device: str | None = None,
+    token_budget: int | None = None,
+    key_added: str = "mixgf_genes",
+    copy: bool = False,
+) -> AnnData | None:
+    """Gene embeddings: static (the model's input embedding rows) or contextual (mean hidden state over cells).
+
+    Parameters
+    ----------
+    adata
+        Tokenized cells (see :func:`embed`); only needed for ``mode="contextual"`` and to map genes to tokens.
+    model
+        A :class:`mixgf.MixGeneformer`, a model directory, or `None` for the bundled default model.
+    mode
+        ``"static"``: the token's row of the input embedding table, the same in every dataset.
+        ``"contextual"``: the hidden state of the gene's token at ``layer``, averaged over every cell of ``adata``
+        where the gene is among the cell's tokens.
+    tokens_key
+        ``obsm`` key of the tokens.
+    layer
+        Hidden state for ``mode="contextual"`` (see :func:`embed`).
+    device
+        Torch device; `None` uses :attr:`mixgf.settings.device`.
+    token_budget
+        Tokens per batch.
+    key_added
+        ``varm`` key of the embeddings.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    `None`, or a copy when ``copy=True``, with
+
+    ``adata.varm[key_added]`` : `numpy.ndarray` (float32, genes × hidden size)
+        One row per var; NaN for genes outside the vocabulary (and, contextually, for genes in no cell's tokens).
+    ``adata.var[key_added + "_n_cells"]`` : int
+        For ``mode="contextual"``: in how many cells the gene's token occurs.
+    ``adata.uns[key_added]["params"]`` : dict
+        Model, mode, layer, …
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> adata = mgf.datasets.baron_mouse_pancreas()[:100].copy()
+    >>> mgf.tl.embed_genes(adata, mode="static")
+    >>> adata.varm["mixgf_genes"].shape[0] == adata.n_vars
+    True
+    """
+    import torch
+
+    from ..genes import map_to_ensembl
+    from ..model import resolve_device, token_state_means
+
+    if mode not in ("contextual", "static"):
+        msg = f"mode must be 'contextual' or 'static', got {mode!r}."
+        raise ValueError(msg)
+    mdl = resolve_model(model)
+    dev = resolve_device(settings.device if device is None else device)
+    target = prepare_target(adata, copy=copy)
+    tparams = target.uns.get(tokens_key, {}).get("params", {})
+    gene_id_key = tparams.get("gene_id_key") or None
+    names = target.var_names if gene_id_key is None else pd.Index(target.var[gene_id_key].to_numpy(dtype=object))
+    gene_tokens = np.asarray(mdl.vocab.tokens, dtype=object)[mdl.vocab.is_gene]
+    mapping = map_to_ensembl(names.to_numpy(dtype=object), tparams.get("species", "auto"), prefer=gene_tokens)
+    col_tok = mdl.vocab.token_ids(np.array([x or "" for x in mapping.ensembl_ids], dtype=object))
+    t0 = logg.info(f"{mode} gene embeddings with model {mdl.name!r}")
+    if mode == "static":
+        table = mdl.encoder.embeddings.word.weight.detach().to("cpu", dtype=torch.float32)
+        table = table.numpy()
+        n_cells = None
+    else:
+        tokens, lengths = get_tokens(target, mdl, tokens_key)
+        table, counts = token_state_means(
+            mdl.encoder, tokens, lengths, layer=layer, device=dev, token_budget=token_budget
+        )
+        n_cells = np.where(col_tok >= 0, counts[np.maximum(col_tok, 0)], 0)
+    out = np.full((target.n_vars, mdl.config.hidden_size), np.nan, dtype=np.float32)
+    ok = col_tok >= 0
+    out[ok] = table[col_tok[ok]]
+    target.varm[key_added] = out
+    if n_cells is not None:
+        target.var[f"{key_added}_n_cells"] = n_cells
+    target.uns[key_added] = {
+        "params": _params(mdl, mode=mode, layer=layer if mode == "contextual" else "", tokens_key=tokens_key)
+    }
+    logg.info(f"    added {key_added!r} (adata.varm) for {int(ok.sum()):,} genes in the vocabulary", start=t0)
+    return target if copy else None

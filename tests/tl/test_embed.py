@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import mixgf as mgf
+from mixgf.model import embed_tokens
+
+
+def test_embed_writes_embedding_and_params(small_pbmc, default_model):
+    mgf.tl.embed(small_pbmc)
+    emb = small_pbmc.obsm["X_mixgf"]
+    assert emb.dtype == np.float32 and emb.shape == (60, default_model.config.hidden_size)
+    assert np.isfinite(emb).all()
+    p = small_pbmc.uns["mixgf"]["params"]
+    assert p["model"] == default_model.name and p["layer"] == -2 and p["pooling"] == "mean"
+    assert p["weights_sha256"] == default_model.weights_sha256 and len(p["weights_sha256"]) == 64
+    assert p["vocab_sha256"] == default_model.vocab.sha256 and p["device"] == "cpu" and p["dtype"] == "float32"
+    assert p["model_trained"] is default_model.trained
+
+
+def test_embedding_matches_model_core_and_is_batch_independent(small_pbmc, default_model):
+    mgf.tl.embed(small_pbmc, token_budget=4096)
+    tok = small_pbmc.obsm["mixgf_tokens"]
+    n = small_pbmc.obs["mixgf_tokens_n_tokens"].to_numpy()
+    for i in (0, 17, 59):
+        alone = embed_tokens(default_model.encoder, tok[i : i + 1], n[i : i + 1], layer=-2,
+                             special_ids=default_model.vocab.special_ids.tolist())  # fmt: skip
+        np.testing.assert_allclose(small_pbmc.obsm["X_mixgf"][i], alone[0], atol=1e-5)
+    other = small_pbmc[::-1].copy()
+    mgf.tl.embed(other, token_budget=1024)
+    np.testing.assert_allclose(other.obsm["X_mixgf"][::-1], small_pbmc.obsm["X_mixgf"], atol=1e-5)
+
+
+def test_tokenizes_on_the_fly(pbmc_full, default_model):
+    a = pbmc_full[:20].copy()
+    mgf.tl.embed(a)
+    assert "mixgf_tokens" in a.obsm and a.uns["mixgf_tokens"]["params"]["vocab_sha256"] == default_model.vocab.sha256
+
+
+def test_layers_pooling_and_keys(small_pbmc):
+    mgf.tl.embed(small_pbmc, layer=-1, key_added="X_last")
+    mgf.tl.embed(small_pbmc, layer=0, key_added="X_emb0")
+    mgf.tl.embed(small_pbmc)
+    assert "last" in small_pbmc.uns and "emb0" in small_pbmc.uns
+    assert not np.allclose(small_pbmc.obsm["X_last"], small_pbmc.obsm["X_mixgf"])
+    with pytest.raises(ValueError, match="cls"):
+        mgf.tl.embed(small_pbmc, pooling="cls")
+    with pytest.raises(ValueError):
+        mgf.tl.embed(small_pbmc, layer=12)
+
+
+def test_copy_and_views(small_pbmc):
+    out = mgf.tl.embed(small_pbmc, copy=True)
+    assert "X_mixgf" in out.obsm and "X_mixgf" not in small_pbmc.obsm
+    view = small_pbmc[:10]
+    with pytest.warns(UserWarning, match="view"):
+        mgf.tl.embed(view)
+    np.testing.assert_allclose(view.obsm["X_mixgf"], out.obsm["X_mixgf"][:10], atol=1e-5)
+
+
+def test_vocabulary_mismatch_is_refused(pbmc_full):
+    a = pbmc_full[:10].copy()
+    mgf.pp.rank_tokenize(a, gene_id_key="gene_id", vocab="geneformer-v1")
+    with pytest.raises(ValueError, match="different genes"):
+        mgf.tl.embed(a)
+    assert "X_mixgf" not in a.obsm
+
+
+def test_empty_cells_get_nan_rows(pbmc_full):
+    a = pbmc_full[:12].copy()
+    X = a.X.toarray()
+    X[4] = 0
+    a.X = sp.csr_matrix(X)
+    with pytest.warns(UserWarning, match="express no gene"):
+        mgf.pp.rank_tokenize(a, gene_id_key="gene_id", max_len=128)
+    with pytest.warns(UserWarning, match="no gene token"):
+        mgf.tl.embed(a)
+    emb = a.obsm["X_mixgf"]
+    assert np.isnan(emb[4]).all() and np.isfinite(np.delete(emb, 4, axis=0)).all()
+
+
+def test_mouse_cells(baron_full, default_model):
+    b = baron_full[:30].copy()
+    mgf.pp.rank_tokenize(b, max_len=256)
+    mgf.tl.embed(b)
+    assert np.isfinite(b.obsm["X_mixgf"]).all()
+
+
+def test_embed_genes_static_and_contextual(small_pbmc, default_model):
+    mgf.tl.embed_genes(small_pbmc, mode="static", key_added="g_static")
+    g = small_pbmc.varm["g_static"]
+    tok = default_model.vocab.token_ids(small_pbmc.var["gene_id"].to_numpy())
+    table = default_model.encoder.embeddings.word.weight.detach().numpy()
+    ok = tok >= 0
+    np.testing.assert_array_equal(g[ok], table[tok[ok]])
+    assert np.isnan(g[~ok]).all()
+
+    mgf.tl.embed_genes(small_pbmc)
+    c = small_pbmc.varm["mixgf_genes"]
+    n = small_pbmc.var["mixgf_genes_n_cells"].to_numpy()
+    assert (np.isfinite(c).all(axis=1) == (n > 0)).all()
+    # a gene in exactly one cell: its contextual embedding is that cell's hidden state at the gene's position
+    tokens = small_pbmc.obsm["mixgf_tokens"]
+    j = int(np.flatnonzero(n == 1)[0])
+    cell, pos = map(int, np.argwhere(tokens == tok[j])[0])
+    import torch
+
+    L = int(small_pbmc.obs["mixgf_tokens_n_tokens"].iloc[cell])
+    with torch.inference_mode():
+        ids = torch.from_numpy(tokens[cell : cell + 1, :L].astype(np.int64))
+        h = default_model.encoder(ids, torch.ones_like(ids, dtype=torch.bool), -2)[0, pos].numpy()
+    np.testing.assert_allclose(c[j], h, atol=1e-5)

@@ -33,6 +33,7 @@ __all__ = [
     "model",
     "pl",
     "pp",
+    "pretrain",
     "settings",
     "tl",
 ]
@@ -44,6 +45,10 @@ def __getattr__(name: str):
         from . import _pretrained
 
         return getattr(_pretrained, name)
+    if name == "pretrain":
+        from ._training import pretrain
+
+        return pretrain
     if name == "model":
         import importlib
 

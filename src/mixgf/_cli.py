@@ -60,6 +60,45 @@ def _tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    import json
+    import tomllib
+
+    import mixgf as mgf
+
+    path = Path(args.config)
+    text = path.read_text()
+    cfg = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    base = path.resolve().parent
+    data = []
+    for entry in cfg.get("data", []):
+        entry = dict(entry)
+        entry["path"] = str((base / entry["path"]).resolve())
+        data.append(entry)
+    if not data:
+        print("error: the config lists no [[data]] entries", file=sys.stderr)
+        return 2
+    vocab = cfg.get("vocab")
+    if isinstance(vocab, str) and vocab not in mgf.genes.PRESETS:
+        vocab = str((base / vocab).resolve())
+    out_dir = Path(args.out_dir) if args.out_dir else (base / cfg.get("out_dir", "pretrain_out")).resolve()
+    mgf.pretrain(
+        data,
+        out_dir=out_dir,
+        vocab=vocab,
+        architecture=cfg.get("architecture"),
+        train=cfg.get("train"),
+        holdout_fraction=float(cfg.get("holdout_fraction", 0.0)),
+        holdout_seed=int(cfg.get("holdout_seed", 0)),
+        name=cfg.get("name", "mixgf-pretrained"),
+        description=cfg.get("description", ""),
+        device=args.device,
+        resume=not args.no_resume,
+    )
+    print(f"wrote {out_dir / 'model'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mixgf`` command."""
     p = argparse.ArgumentParser(prog="mixgf", description="Mix-Geneformer for the scverse.")
@@ -80,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--backed", action="store_true", help="read the input in backed mode (chunk by chunk)")
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=_tokenize)
+    pt = sub.add_parser("pretrain", help="pre-train an encoder from a TOML/JSON config (resumable; torchrun-ready)")
+    pt.add_argument("config", help="TOML or JSON file: [[data]] entries, [architecture], [train], out_dir, ...")
+    pt.add_argument("--out-dir", default=None, help="override the config's out_dir")
+    pt.add_argument("--device", default=None)
+    pt.add_argument("--no-resume", action="store_true", help="start from scratch even if checkpoints exist")
+    pt.set_defaults(func=_pretrain)
     args = p.parse_args(argv)
     try:
         return args.func(args)

@@ -174,7 +174,7 @@ class MixGeneformer:
         sha = _file_sha(weights) if weights.exists() else _file_sha(path / "pytorch_model.bin")
         return cls(encoder, Vocabulary.load(vocab), meta["name"], meta, path, sha)
 
-    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+    def save(self, path: str | Path, *, overwrite: bool = False, extra_files: dict[str, bytes] | None = None) -> Path:
         """Write the model as a mixgf model directory (safetensors + vocabulary + sha256 manifest).
 
         Parameters
@@ -183,6 +183,8 @@ class MixGeneformer:
             Destination directory.
         overwrite
             Replace an existing model directory.
+        extra_files
+            More files to store with the model (``{name: bytes}``).
 
         Returns
         -------
@@ -194,7 +196,7 @@ class MixGeneformer:
         out = save_model_dir(
             path,
             self.encoder,
-            extra_files={VOCAB_FILE: self.vocab.to_json().encode()},
+            extra_files={**(extra_files or {}), VOCAB_FILE: self.vocab.to_json().encode()},
             metadata=meta,
             overwrite=overwrite,
         )

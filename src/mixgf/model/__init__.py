@@ -53,7 +53,9 @@ from ._encoder import (
     varlen_available,
 )
 from ._genes import token_state_means
+from ._losses import info_nce, mask_tokens, mean_pool
 from ._pooling import gene_token_mask, pool_packed, pool_padded
+from ._pretrain import PretrainConfig, TokenCorpus, latest_checkpoint, pretrain_encoder
 
 __all__ = [
     "DEFAULT_TOKEN_BUDGET_CPU",
@@ -65,6 +67,8 @@ __all__ = [
     "EncoderLayer",
     "LoadedModel",
     "MLMHead",
+    "PretrainConfig",
+    "TokenCorpus",
     "check_state_dict",
     "describe",
     "embed_tokens",
@@ -72,11 +76,16 @@ __all__ = [
     "gene_token_mask",
     "hf_to_mixgf_state_dict",
     "import_hf_bert",
+    "info_nce",
+    "latest_checkpoint",
     "load_model_dir",
     "make_batches",
+    "mask_tokens",
+    "mean_pool",
     "packed_position_ids",
     "pool_packed",
     "pool_padded",
+    "pretrain_encoder",
     "resolve_device",
     "resolve_dtype",
     "resolve_layer",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from ._build_vocab import build_vocabulary
 from ._medians import gene_medians
 from ._tokenize import coverage_report, rank_tokenize
 
-__all__ = ["coverage_report", "gene_medians", "rank_tokenize"]
+__all__ = ["build_vocabulary", "coverage_report", "gene_medians", "rank_tokenize"]

@@ -26,7 +26,7 @@ def gene_medians(
     adatas: AnnData | Sequence[AnnData],
     *,
     layer: str | None = None,
-    gene_id_key: str | None = None,
+    gene_id_key: str | Sequence[str | None] | None = None,
     species: Literal["auto", "human", "mouse"] = "auto",
     normalization: Literal["total_counts", "none"] = "total_counts",
     target_sum: float = 10_000.0,
@@ -45,7 +45,7 @@ def gene_medians(
     layer
         Layer with the counts; `None` uses ``X``.
     gene_id_key
-        Var column with Ensembl IDs or symbols; `None` uses var names.
+        Var column with Ensembl IDs or symbols (`None`: var names); a list gives one per input.
     species
         ``"auto"`` detects each input's species.
     normalization
@@ -86,8 +86,12 @@ def gene_medians(
     genes: list[np.ndarray] = []
     hist: dict[int, np.ndarray] = {}
     nz = np.zeros(0, dtype=np.int64)
-    for adata in adatas:
-        names = adata.var_names if gene_id_key is None else pd.Index(adata.var[gene_id_key].to_numpy(dtype=object))
+    keys = list(gene_id_key) if isinstance(gene_id_key, list | tuple) else [gene_id_key] * len(adatas)
+    if len(keys) != len(adatas):
+        msg = "gene_id_key needs one entry per AnnData."
+        raise ValueError(msg)
+    for adata, key in zip(adatas, keys):
+        names = adata.var_names if key is None else pd.Index(adata.var[key].to_numpy(dtype=object))
         m = map_to_ensembl(names.to_numpy(dtype=object), species)
         col = np.full(adata.n_vars, -1, dtype=np.int64)
         for j, g in enumerate(m.ensembl_ids):

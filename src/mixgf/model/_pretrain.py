@@ -188,10 +188,7 @@ class _Schedule:
         k = step * self.world + self.rank
         epoch, offset = 0, 0
         while True:
-            if epoch != self._epoch:
-                batches = _epoch_batches(self.lengths, self.cfg, epoch)
-            else:
-                batches = self._batches
+            batches = _epoch_batches(self.lengths, self.cfg, epoch) if epoch != self._epoch else self._batches
             if k < offset + len(batches):
                 self._epoch, self._batches, self._offset = epoch, batches, offset
                 return batches[k - offset], epoch

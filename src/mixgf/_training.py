@@ -42,6 +42,8 @@ def _read(entry: AnnData | str | Path | Mapping[str, Any]) -> tuple[AnnData, dic
         return entry, {}
     spec = dict(entry) if isinstance(entry, dict) else {"path": str(entry)}
     adata = ad.read_h5ad(spec["path"])
+    if not adata.var_names.is_unique:
+        adata.var_names_make_unique()
     return adata, spec
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["info_nce", "mask_tokens", "mean_pool"]
+__all__ = ["info_nce", "mask_tokens", "mean_pool", "segment_mean"]
 
 
 def mask_tokens(
@@ -22,9 +22,9 @@ def mask_tokens(
     Parameters
     ----------
     ids
-        ``[B, L]`` token ids.
+        Token ids (``[B, L]`` padded or ``[T]`` packed).
     maskable
-        ``[B, L]`` bool: positions that may be masked (gene tokens; not padding or special tokens).
+        Bool, same shape: positions that may be masked (gene tokens; not padding or special tokens).
     mask_id
         Id of ``<mask>``.
     random_ids
@@ -39,14 +39,14 @@ def mask_tokens(
     inputs
         The corrupted ids.
     target
-        ``[B, L]`` bool: positions whose original token the model must predict.
+        Bool, same shape: positions whose original token the model must predict.
     """
     u = torch.rand(ids.shape, generator=generator, device=ids.device)
     target = (u < mask_prob) & maskable
     # guarantee at least one prediction per batch when anything is maskable
     if not bool(target.any()) and bool(maskable.any()):
-        first = torch.nonzero(maskable, as_tuple=False)[0]
-        target[first[0], first[1]] = True
+        flat = target.view(-1)
+        flat[torch.nonzero(maskable.reshape(-1), as_tuple=False)[0, 0]] = True
     v = torch.rand(ids.shape, generator=generator, device=ids.device)
     inputs = ids.clone()
     inputs[target & (v < 0.8)] = mask_id
@@ -76,3 +76,16 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     logits = a @ b.T / temperature
     target = torch.arange(a.shape[0], device=a.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def segment_mean(hidden: torch.Tensor, segments: torch.Tensor, weight: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-sequence mean of packed hidden states, in fp32; differentiable.
+
+    ``hidden`` is ``[T, H]``, ``segments`` ``[T]`` the sequence index of each token, ``weight`` ``[T]`` marks the
+    tokens to average, ``n`` the number of sequences.
+    """
+    w = weight.to(torch.float32)
+    sums = torch.zeros(n, hidden.shape[-1], dtype=torch.float32, device=hidden.device)
+    sums = sums.index_add(0, segments, hidden.to(torch.float32) * w[:, None])
+    counts = torch.zeros(n, dtype=torch.float32, device=hidden.device).index_add(0, segments, w)
+    return sums / counts.clamp(min=1.0)[:, None]

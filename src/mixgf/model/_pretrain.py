@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from ._batching import resolve_device
 from ._checkpoint import load_model_dir, save_model_dir
 from ._encoder import BertEncoderModel
-from ._losses import info_nce, mask_tokens, mean_pool
+from ._losses import info_nce, mask_tokens, segment_mean
 
 logger = logging.getLogger("mixgf")
 
@@ -44,7 +44,7 @@ class PretrainConfig:
     steps
         Optimizer steps in total.
     token_budget
-        Padded tokens per step and process (cells × longest cell of the batch).
+        Tokens per step and process (the cells of a batch are packed into one stream, without padding).
     max_cells
         Upper bound on cells per batch (InfoNCE needs several; memory needs a cap).
     train_max_len
@@ -62,6 +62,9 @@ class PretrainConfig:
         InfoNCE temperatures.
     xspec_min_tokens
         Cells whose ortholog projection keeps fewer tokens are left out of the cross-species term.
+    xspec_max_cells
+        At most this many cells of a batch (chosen at random) enter the cross-species term, which costs two extra
+        encoder passes over them.
     seed
         Seed of all randomness.
     dtype
@@ -90,6 +93,7 @@ class PretrainConfig:
     xspec_weight: float = 0.0
     xspec_temperature: float = 0.1
     xspec_min_tokens: int = 8
+    xspec_max_cells: int = 16
     seed: int = 0
     dtype: str = "auto"
     log_every: int = 10
@@ -167,8 +171,8 @@ def _epoch_batches(lengths: np.ndarray, cfg: PretrainConfig, epoch: int) -> list
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
         i = 0
         while i < len(chunk):
-            longest = max(int(lengths[chunk[i]]), 1)
-            n = max(2, min(cfg.max_cells, cfg.token_budget // longest))
+            cum = np.cumsum(lengths[chunk[i : i + cfg.max_cells]])
+            n = max(2, int(np.searchsorted(cum, cfg.token_budget, side="right")))
             batches.append(chunk[i : i + n])
             i += n
     perm = rng.permutation(len(batches))
@@ -204,15 +208,22 @@ def _lr(step: int, cfg: PretrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _padded(rows: list[np.ndarray], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(r) for r in rows)
-    ids = np.full((len(rows), length), pad_id, dtype=np.int64)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-    ids_t = torch.from_numpy(ids).to(device)
-    lens = torch.tensor([len(r) for r in rows], device=device)
-    valid = torch.arange(length, device=device)[None, :] < lens[:, None]
-    return ids_t, valid
+def _packed(rows: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Pack token rows into one stream: ids, cu_seqlens (int32), positions, segment of each token, longest."""
+    lens = np.array([len(r) for r in rows], dtype=np.int64)
+    cu = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(lens, out=cu[1:])
+    ids = torch.from_numpy(np.concatenate(rows).astype(np.int64)).to(device)
+    pos = torch.from_numpy(np.concatenate([np.arange(n) for n in lens])).to(device)
+    seg = torch.from_numpy(np.repeat(np.arange(len(rows)), lens)).to(device)
+    return ids, torch.from_numpy(cu).to(device), pos, seg, int(lens.max())
+
+
+def _encode(model: BertEncoderModel, rows: list[np.ndarray], special: torch.Tensor, device: torch.device):
+    """Mean-pooled final-layer embedding of each row (packed pass, dropout active in training mode)."""
+    ids, cu, pos, seg, longest = _packed(rows, device)
+    h = model.forward_packed(ids, cu, longest, pos, output_layer=-1)
+    return segment_mean(h, seg, ~torch.isin(ids, special), len(rows))
 
 
 def _save_checkpoint(
@@ -356,32 +367,34 @@ def pretrain_encoder(
         gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1_000_003 + step * 7919 + rank)
         torch.manual_seed(cfg.seed * 1_000_003 + step * 7919 + rank + 17)
         rows = [corpus.tokens[i, : lengths[i]].astype(np.int64) for i in idx]
-        ids, valid = _padded(rows, corpus.pad_id, dev)
-        genes = valid & ~torch.isin(ids, special)
+        ids, cu, pos, seg, longest = _packed(rows, dev)
+        genes = ~torch.isin(ids, special)
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             inputs, target = mask_tokens(
                 ids, genes, mask_id=corpus.mask_id, random_ids=gene_ids, mask_prob=cfg.mask_prob, generator=gen
             )
-            h1 = model(inputs, valid, -1)
+            h1 = model.forward_packed(inputs, cu, longest, pos, output_layer=-1)
             logits = model.mlm_logits(h1, target)
             mlm = torch.nn.functional.cross_entropy(logits.float(), ids[target])
             loss = cfg.mlm_weight * mlm
-            rec = {"step": step + 1, "epoch": epoch, "lr": _lr(step, cfg), "mlm": mlm.item()}
+            rec = {"step": step + 1, "epoch": epoch, "lr": _lr(step, cfg), "cells": len(idx), "mlm": mlm.item()}
             if cfg.simcse_weight > 0:
-                h2 = model(inputs, valid, -1)
-                sim = info_nce(mean_pool(h1, genes), mean_pool(h2, genes), cfg.simcse_temperature)
+                h2 = model.forward_packed(inputs, cu, longest, pos, output_layer=-1)
+                z1, z2 = segment_mean(h1, seg, genes, len(rows)), segment_mean(h2, seg, genes, len(rows))
+                sim = info_nce(z1, z2, cfg.simcse_temperature)
                 loss = loss + cfg.simcse_weight * sim
                 rec["simcse"] = sim.item()
             if cfg.xspec_weight > 0:
                 proj = [omap[r][omap[r] >= 0] for r in rows]
                 keep = [i for i, p in enumerate(proj) if len(p) >= cfg.xspec_min_tokens]
+                if len(keep) > cfg.xspec_max_cells:
+                    pick = torch.randperm(len(keep), generator=torch.Generator().manual_seed(cfg.seed + step))
+                    keep = sorted(keep[int(j)] for j in pick[: cfg.xspec_max_cells])
                 if len(keep) >= 2:
-                    a_ids, a_valid = _padded([rows[i] for i in keep], corpus.pad_id, dev)
-                    p_ids, p_valid = _padded([proj[i] for i in keep], corpus.pad_id, dev)
-                    za = mean_pool(model(a_ids, a_valid, -1), a_valid & ~torch.isin(a_ids, special))
-                    zp = mean_pool(model(p_ids, p_valid, -1), p_valid & ~torch.isin(p_ids, special))
+                    za = _encode(model, [rows[i] for i in keep], special, dev)
+                    zp = _encode(model, [proj[i] for i in keep], special, dev)
                     xs = info_nce(za, zp, cfg.xspec_temperature)
                     loss = loss + cfg.xspec_weight * xs
                     rec["xspec"] = xs.item()

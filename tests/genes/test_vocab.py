@@ -25,11 +25,16 @@ def test_presets():
     mix = Vocabulary.load("mixgf")
     assert mix.species == ("human", "mouse")
     assert mix.dtype == np.uint16
-    # human token ids of the default vocabulary equal Geneformer 95M's
-    assert mix.tokens[: len(v2)] == v2.tokens
-    np.testing.assert_array_equal(mix.medians[4 : len(v2)], v2.medians[4:])
+    # the default vocabulary keeps the corpus's genes; human medians are Geneformer 95M's
+    human = np.flatnonzero(mix.gene_species == "human")
+    human_ids = [mix.tokens[i] for i in human]
+    assert human_ids == sorted(human_ids) and len(human_ids) > 10_000
+    v2_index = {t: i for i, t in enumerate(v2.tokens)}
+    assert all(t in v2_index for t in human_ids)
+    np.testing.assert_array_equal(mix.medians[human], v2.medians[[v2_index[t] for t in human_ids]])
+    assert set(pd.Series(mix.median_source)[human]) == {"geneformer_gc95M"}
     src = pd.Series(mix.median_source)[mix.gene_species == "mouse"]
-    assert set(src) == {"corpus:baron2016_mouse1", "ortholog:geneformer_gc95M"}
+    assert set(src) == {"corpus", "ortholog:geneformer_gc95M"}
     assert "mixgf" in repr(mix)
 
 
@@ -66,12 +71,14 @@ def test_invalid_vocabularies():
 def test_ortholog_token_map():
     v = Vocabulary.load("mixgf")
     to_h = v.ortholog_token_map("human")
-    umod_m, umod_h = v.token_ids(["ENSMUSG00000030963", "ENSG00000169344"])
-    assert to_h[umod_m] == umod_h
-    assert to_h[umod_h] == umod_h
+    # Actb / ACTB: both in the default vocabulary's corpus
+    actb_m, actb_h = v.token_ids(["ENSMUSG00000029580", "ENSG00000075624"])
+    assert actb_m >= 0 and actb_h >= 0
+    assert to_h[actb_m] == actb_h
+    assert to_h[actb_h] == actb_h
     assert to_h[v.id_of("pad")] == v.id_of("pad")
     to_m = v.ortholog_token_map("mouse")
-    assert to_m[umod_h] == umod_m
+    assert to_m[actb_h] == actb_m
     mapped = to_h[(v.gene_species == "mouse") & (to_h >= 0)]
     assert (v.gene_species[mapped] == "human").all()
 

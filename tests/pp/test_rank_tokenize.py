@@ -53,10 +53,12 @@ def test_parity_on_mouse_cells(baron):
     m = mgf.genes.map_to_ensembl(baron.var_names, prefer=np.asarray(vocab.tokens)[vocab.is_gene])
     index = {t: i for i, t in enumerate(vocab.tokens)}
     col_tok = np.array([index.get(g, -1) if g else -1 for g in m.ensembl_ids])
-    ref = reference_tokens(baron.X, col_tok, vocab.medians, normalization="vocab_counts", max_genes=2048)
+    r = vocab.rules
+    ref = reference_tokens(baron.X, col_tok, vocab.medians, normalization=r.normalization, max_genes=r.max_genes)
     for g, e in zip(_tokens(baron), ref):
         np.testing.assert_array_equal(g, e)
-    assert (baron.obsm[KEY][baron.obsm[KEY] > 0] >= 4 + 20_271).all(), "mouse cells use mouse tokens only"
+    used = baron.obsm[KEY][baron.obsm[KEY] > 0]
+    assert (vocab.gene_species[used] == "mouse").all(), "mouse cells use mouse tokens only"
 
 
 def test_matches_geneformer_upstream_rule(pbmc):
@@ -154,11 +156,15 @@ def test_outputs_params_and_coverage(pbmc):
     tok = pbmc.obsm[KEY]
     assert tok.dtype == np.uint16 and tok.shape[0] == pbmc.n_obs
     n = pbmc.obs[f"{KEY}_n_tokens"].to_numpy()
-    assert tok.shape[1] == n.max() <= 2048
+    assert tok.shape[1] == n.max() <= Vocabulary.load("mixgf").rules.max_len
     assert ((tok != 0).sum(axis=1) == n).all(), "padding only after the tokens"
     p = pbmc.uns[KEY]["params"]
     assert p["vocab"] == "mixgf" and p["vocab_sha256"] == Vocabulary.load("mixgf").sha256
-    assert p["species"] == "human" and p["max_len"] == 2048 and p["normalization"] == "vocab_counts"
+    assert (
+        p["species"] == "human"
+        and p["max_len"] == Vocabulary.load("mixgf").rules.max_len
+        and p["normalization"] == "vocab_counts"
+    )
     assert p["n_genes_total"] == pbmc.n_vars and 0 < p["n_genes_in_vocab"] <= p["n_genes_mapped"]
     assert p["mixgf_version"] == mgf.__version__
     cov = pbmc.uns[KEY]["coverage"]

@@ -238,7 +238,8 @@ def rank_tokenize(
     what = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     n_obs = adata.n_obs
     pad = vocab.id_of("pad")
-    full = np.full((n_obs, max_len), pad, dtype=vocab.dtype)
+    # zero pages come from the OS lazily, so np.zeros is much cheaper than filling (padding id 0 in every preset)
+    full = np.zeros((n_obs, max_len), dtype=vocab.dtype) if pad == 0 else np.full((n_obs, max_len), pad, vocab.dtype)
     n_genes = np.zeros(n_obs, dtype=np.int64)
     gene_totals = np.zeros(adata.n_vars, dtype=np.float64)
     cell_total = np.zeros(n_obs, dtype=np.float64)

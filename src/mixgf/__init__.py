@@ -24,6 +24,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "CellClassifier",
     "MixGeneformer",
     "__version__",
     "datasets",
@@ -41,6 +42,10 @@ __all__ = [
 
 def __getattr__(name: str):
     # torch is imported only when the model side is first used
+    if name == "CellClassifier":
+        from ._cellclassifier import CellClassifier
+
+        return CellClassifier
     if name in ("MixGeneformer", "load_model"):
         from . import _pretrained
 

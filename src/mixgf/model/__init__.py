@@ -42,6 +42,7 @@ from ._checkpoint import (
     save_model_dir,
     verify_model_dir,
 )
+from ._classifier import ClassifierHead, FinetuneConfig, finetune_classifier, fit_temperature, predict_logits
 from ._config import SUPPORTED_ACTIVATIONS, EncoderConfig
 from ._encoder import (
     BertEncoderModel,
@@ -63,8 +64,10 @@ __all__ = [
     "FORMAT_VERSION",
     "SUPPORTED_ACTIVATIONS",
     "BertEncoderModel",
+    "ClassifierHead",
     "EncoderConfig",
     "EncoderLayer",
+    "FinetuneConfig",
     "LoadedModel",
     "MLMHead",
     "PretrainConfig",
@@ -73,6 +76,8 @@ __all__ = [
     "describe",
     "embed_tokens",
     "expected_state_shapes",
+    "finetune_classifier",
+    "fit_temperature",
     "gene_token_mask",
     "hf_to_mixgf_state_dict",
     "import_hf_bert",
@@ -85,6 +90,7 @@ __all__ = [
     "packed_position_ids",
     "pool_packed",
     "pool_padded",
+    "predict_logits",
     "pretrain_encoder",
     "resolve_device",
     "resolve_dtype",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._classify import classify_scores, confusion_matrix
 from ._umap import umap
 
-__all__ = ["umap"]
+__all__ = ["classify_scores", "confusion_matrix", "umap"]

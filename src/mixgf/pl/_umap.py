@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .._keys import TOKENS_KEY
+from ._utils import finish
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -88,11 +89,4 @@ def umap(
     )
     if return_fig:
         return out
-    if show is None:
-        show = sc.settings.autoshow
-    if show:
-        import matplotlib.pyplot as plt
-
-        plt.show()
-        return None
-    return out
+    return finish(None, out, show=show, return_fig=False)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from ._classify import classify, train_classifier
 from ._embed import embed, embed_genes
 from ._umap import umap
 
-__all__ = ["embed", "embed_genes", "umap"]
+__all__ = ["classify", "embed", "embed_genes", "train_classifier", "umap"]

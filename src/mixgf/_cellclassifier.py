@@ -1,0 +1,139 @@
+"""`CellClassifier`: a fine-tuned encoder + classification head + label list + calibration temperature."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._pretrained import VOCAB_FILE, MixGeneformer
+
+if TYPE_CHECKING:
+    from .model import ClassifierHead
+
+HEAD_FILE = "head.safetensors"
+CLASSIFIER_FILE = "classifier.json"
+
+
+@dataclass
+class CellClassifier:
+    """A cell-type (or any label) classifier: encoder, head, classes and a fitted temperature.
+
+    Create one with :func:`mixgf.tl.train_classifier`, apply it with :func:`mixgf.tl.classify`, store it with
+    :meth:`save` and read it back with :meth:`load`.
+
+    Attributes
+    ----------
+    model
+        The (fine-tuned) encoder with its vocabulary.
+    head
+        The linear head on the mean-pooled embedding.
+    classes
+        Class names, in the order of the head's outputs.
+    temperature
+        Logits are divided by it before the softmax (fitted on the validation cells; 1 = uncalibrated).
+    species
+        Species of the training cells; cells of the other species are projected onto its one-to-one orthologs.
+    layer
+        Hidden state that is pooled.
+    metadata
+        Training record: labels key, splits, metrics, history, settings.
+    """
+
+    model: MixGeneformer
+    head: ClassifierHead
+    classes: list[str]
+    temperature: float = 1.0
+    species: str = "human"
+    layer: int = -1
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"CellClassifier({len(self.classes)} classes from {self.metadata.get('labels_key', '?')!r}, "
+            f"{self.species} cells, T={self.temperature:.3f}, encoder {self.model.name!r})"
+        )
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write a model directory: encoder safetensors, head safetensors, vocabulary, classes, sha256 manifest.
+
+        Parameters
+        ----------
+        path
+            Destination directory.
+        overwrite
+            Replace an existing model directory.
+
+        Returns
+        -------
+        The directory.
+        """
+        from safetensors.torch import save
+
+        from .model import save_model_dir
+
+        info = {
+            "classes": self.classes,
+            "temperature": self.temperature,
+            "species": self.species,
+            "layer": self.layer,
+            "dropout": float(self.head.dropout.p),
+        }
+        head = save({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()})
+        files = {
+            VOCAB_FILE: self.model.vocab.to_json().encode(),
+            HEAD_FILE: head,
+            CLASSIFIER_FILE: json.dumps(info).encode(),
+        }
+        meta = {**self.metadata, "name": self.model.name, "kind": "cell_classifier", "trained": True}
+        return save_model_dir(path, self.model.encoder, extra_files=files, metadata=meta, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu") -> CellClassifier:
+        """Read a classifier directory written by :meth:`save` (every file's sha256 is verified).
+
+        Parameters
+        ----------
+        path
+            The directory.
+        device
+            Torch device.
+
+        Returns
+        -------
+        The classifier.
+        """
+        from safetensors.torch import load
+
+        from .genes import Vocabulary
+        from .model import ClassifierHead, load_model_dir
+
+        loaded = load_model_dir(path, device=device)
+        if CLASSIFIER_FILE not in loaded.extra_files:
+            msg = f"{path} is a model directory but not a cell classifier (no {CLASSIFIER_FILE})."
+            raise ValueError(msg)
+        info = json.loads(Path(loaded.extra_files[CLASSIFIER_FILE]).read_text())
+        state = load(Path(loaded.extra_files[HEAD_FILE]).read_bytes())
+        head = ClassifierHead(loaded.config.hidden_size, len(info["classes"]), info.get("dropout", 0.1))
+        head.load_state_dict(state)
+        head.to(device).eval()
+        vocab = Vocabulary.load(loaded.extra_files[VOCAB_FILE])
+        meta = dict(loaded.metadata)
+        model = MixGeneformer(loaded.model, vocab, meta.get("name", Path(path).name), meta, Path(path))
+        return cls(model, head, list(info["classes"]), float(info["temperature"]), info["species"], info["layer"], meta)
+
+    def predict_proba(self, tokens: np.ndarray, lengths: np.ndarray, *, device: str = "cpu") -> np.ndarray:
+        """Calibrated class probabilities ``[N, n_classes]`` of tokenized cells (tokens of ``self.species``)."""
+        from .model import predict_logits
+
+        logits = predict_logits(
+            self.model.encoder, self.head, tokens, lengths, special_ids=self.model.vocab.special_ids,
+            layer=self.layer, device=device,
+        )  # fmt: skip
+        z = logits / self.temperature
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)

@@ -53,14 +53,6 @@ This is a benchmark, not a test: it asserts nothing.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# benchmarks/ holds a tokenize.py: take this folder off sys.path so that ``import tokenize`` (used by inspect,
-# linecache, ...) finds the standard-library module and not that script.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 import argparse
 import gc
 import json
@@ -69,9 +61,11 @@ import platform
 import re
 import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 

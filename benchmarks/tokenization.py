@@ -38,24 +38,16 @@ float rounding of near-ties, which the correctness check accounts for).
 
 Usage::
 
-    python benchmarks/tokenize.py                      # 200,000 PBMC cells + 50,000 mouse pancreas cells
-    python benchmarks/tokenize.py --cells 20000 --mouse-cells 0
-    python benchmarks/tokenize.py --write-docs         # also update docs/benchmarks.md
-    python benchmarks/tokenize.py --cprofile --cells 50000   # cProfile of rank_tokenize only (pbmc)
-    python benchmarks/tokenize.py --cprofile baron --cells 50000
+    python benchmarks/tokenization.py                      # 200,000 PBMC cells + 50,000 mouse pancreas cells
+    python benchmarks/tokenization.py --cells 20000 --mouse-cells 0
+    python benchmarks/tokenization.py --write-docs         # also update docs/benchmarks.md
+    python benchmarks/tokenization.py --cprofile --cells 50000   # cProfile of rank_tokenize only (pbmc)
+    python benchmarks/tokenization.py --cprofile baron --cells 50000
 
 This is a benchmark, not a test: it asserts nothing and takes minutes.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# This file is named tokenize.py: take its folder off sys.path so that ``import tokenize`` (used by inspect,
-# linecache, numba, ...) finds the standard-library module and not this script.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
 
 import argparse
 import gc
@@ -65,10 +57,12 @@ import platform
 import re
 import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -82,7 +76,7 @@ WARM_CELLS = 1_000
 TIE_RTOL = 1e-12  # relative difference of x below which genes count as tied (see compare)
 GOAL_PER_CORE = 30_000  # cells/s per core, project goal for mixgf
 GOAL_RATIO = 5.0  # mixgf / reference, project goal
-DOCS_HEADING = "## Tokenization (`benchmarks/tokenize.py`)"
+DOCS_HEADING = "## Tokenization (`benchmarks/tokenization.py`)"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 METHODS = {
@@ -717,7 +711,7 @@ def main(argv: list[str] | None = None) -> None:
     mach["load_end"] = os.getloadavg()[0]
     print_report(runs, mach)
     if args.write_docs:
-        command = shlex.join(["python", "benchmarks/tokenize.py", *(argv if argv is not None else sys.argv[1:])])
+        command = shlex.join(["python", "benchmarks/tokenization.py", *(argv if argv is not None else sys.argv[1:])])
         write_docs(args.out, docs_section(runs, mach, command))
 
 

@@ -129,6 +129,9 @@ class CellClassifier:
         """Calibrated class probabilities ``[N, n_classes]`` of tokenized cells (tokens of ``self.species``)."""
         from .model import predict_logits
 
+        max_len = self.metadata.get("config", {}).get("max_len")
+        if max_len:  # predict on what the classifier was trained on: each cell's top max_len tokens
+            lengths = np.minimum(np.asarray(lengths), int(max_len))
         logits = predict_logits(
             self.model.encoder, self.head, tokens, lengths, special_ids=self.model.vocab.special_ids,
             layer=self.layer, device=device,

@@ -57,8 +57,11 @@ def test_save_load_gives_same_predictions(frozen_clf, labelled, tmp_path):
 
 def test_finetune_all_layers_runs(labelled):
     clf = mgf.tl.train_classifier(labelled[:120].copy(), "cell_type", finetune="all", epochs=1, max_len=48)
-    assert len(clf.metadata["history"]) == 1
+    # epoch 0 is the linear probe the fine-tuning starts from, then one fine-tuning epoch
+    assert [h["epoch"] for h in clf.metadata["history"]] == [0, 1]
     assert clf.metadata["finetune"] == "all"
+    # the classifier predicts on what it was trained on: each cell's top max_len tokens
+    assert clf.metadata["config"]["max_len"] == 48
 
 
 def test_cross_species_projection(frozen_clf, baron_full):

@@ -263,6 +263,12 @@ def finetune_classifier(
             enc, head, tokens, lengths, labels, train_idx, val_idx, n_classes, special_ids, layer, cfg, dev
         )
         return enc.eval(), head, history
+    # Linear probing first, then fine-tuning (LP-FT): the head starts from the best linear classifier of the frozen
+    # embeddings, so fine-tuning starts from a good solution instead of distorting the encoder to fit a random head.
+    # The probed head ("epoch 0") stays the result if fine-tuning never improves the validation loss.
+    head, probe_history = _fit_head_on_embeddings(
+        enc, head, tokens, lengths, labels, train_idx, val_idx, n_classes, special_ids, layer, cfg, dev
+    )
     enc_params = [p for p in enc.parameters() if p.requires_grad]
     groups = [{"params": head.parameters(), "lr": cfg.head_lr}]
     if enc_params:
@@ -281,8 +287,20 @@ def finetune_classifier(
     n_steps = cfg.epochs * len(_batches(lengths, cfg.token_budget, cfg.max_cells, np.asarray(train_idx)))
     warm = max(int(cfg.warmup_fraction * n_steps), 1)
     base = [g["lr"] for g in opt.param_groups]
-    best = (math.inf, None, None)
-    history, bad, step = [], 0, 0
+    val0 = predict_logits(
+        enc, head, tokens[val_idx], lengths[val_idx], special_ids=special_ids, layer=layer, device=dev,
+        token_budget=cfg.token_budget,
+    )  # fmt: skip
+    yv0 = labels[val_idx]
+    val_loss0 = float(loss_fn(torch.as_tensor(val0, device=dev), torch.as_tensor(yv0, device=dev)))
+    history = [{
+        "epoch": 0,
+        "train_loss": probe_history[-1]["train_loss"] if probe_history else float("nan"),
+        "val_loss": val_loss0,
+        "val_accuracy": float((val0.argmax(1) == yv0).mean()),
+    }]  # fmt: skip
+    best = (val_loss0, copy.deepcopy(enc.state_dict()), copy.deepcopy(head.state_dict()))
+    bad, step = 0, 0
     y_all = torch.as_tensor(labels, device=dev)
     for epoch in range(cfg.epochs):
         enc.train()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ._mapping import GeneMapping, detect_species, map_to_ensembl
 from ._pickle import read_geneformer_pickle
+from ._resolve import ResolvedGene, resolve_genes
 from ._tables import gene_table, id_to_symbol, orthologs, species_of_id, strip_version
 from ._vocab import (
     GENEFORMER_V1_RULES,
@@ -23,6 +24,7 @@ __all__ = [
     "MIX_GENEFORMER_RULES",
     "PRESETS",
     "GeneMapping",
+    "ResolvedGene",
     "TokenizerRules",
     "Vocabulary",
     "detect_species",
@@ -31,6 +33,7 @@ __all__ = [
     "map_to_ensembl",
     "orthologs",
     "read_geneformer_pickle",
+    "resolve_genes",
     "species_of_id",
     "strip_version",
 ]

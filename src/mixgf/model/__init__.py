@@ -55,6 +55,7 @@ from ._encoder import (
 )
 from ._genes import token_state_means
 from ._losses import info_nce, mask_tokens, mean_pool
+from ._perturb import PERTURB_MODES, PerturbationResult, perturb_cell, perturbation_shifts
 from ._pooling import gene_token_mask, pool_packed, pool_padded
 from ._pretrain import PretrainConfig, TokenCorpus, latest_checkpoint, pretrain_encoder
 
@@ -62,6 +63,7 @@ __all__ = [
     "DEFAULT_TOKEN_BUDGET_CPU",
     "DEFAULT_TOKEN_BUDGET_CUDA",
     "FORMAT_VERSION",
+    "PERTURB_MODES",
     "SUPPORTED_ACTIVATIONS",
     "BertEncoderModel",
     "ClassifierHead",
@@ -70,6 +72,7 @@ __all__ = [
     "FinetuneConfig",
     "LoadedModel",
     "MLMHead",
+    "PerturbationResult",
     "PretrainConfig",
     "TokenCorpus",
     "check_state_dict",
@@ -88,6 +91,8 @@ __all__ = [
     "mask_tokens",
     "mean_pool",
     "packed_position_ids",
+    "perturb_cell",
+    "perturbation_shifts",
     "pool_packed",
     "pool_padded",
     "predict_logits",

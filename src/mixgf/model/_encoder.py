@@ -213,7 +213,10 @@ def _round_up(n: int, quantum: int) -> int:
 
 
 def _cpu_attention(qkv: torch.Tensor, bounds: list[int], num_heads: int, head_dim: int) -> torch.Tensor:
-    """Unmasked softmax attention of every packed sequence, one sequence and one head at a time.
+    """Unmasked softmax attention of every packed sequence.
+
+    Consecutive sequences of equal length (the perturbed copies of one cell) go through one batched
+    ``scaled_dot_product_attention`` call; other sequences are computed one at a time and head by head.
 
     Parameters
     ----------
@@ -241,9 +244,23 @@ def _cpu_attention(qkv: torch.Tensor, bounds: list[int], num_heads: int, head_di
                 out = F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), scale=1.0)[0]
                 ctx[start:end] = out.transpose(0, 1).reshape(end - start, h)
         return ctx
-    for start, end in itertools.pairwise(bounds):
+    pairs = list(itertools.pairwise(bounds))
+    i_seq = 0
+    while i_seq < len(pairs):
+        start, end = pairs[i_seq]
         n = end - start
+        # Runs of sequences of one length (e.g. perturbed copies of one cell) need no mask: one batched call.
+        run = 1
+        while i_seq + run < len(pairs) and pairs[i_seq + run][1] - pairs[i_seq + run][0] == n and run * n < 65_536:
+            run += 1
+        i_seq += run
         if n == 0:
+            continue
+        if run > 1:
+            stop = start + run * n
+            q, k, v = qkv[start:stop].view(run, n, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # [run, heads, n, d]
+            ctx[start:stop] = out.transpose(1, 2).reshape(run * n, h)
             continue
         # Round the length up (padded keys get a score of -inf): fewer distinct shapes, hence fewer oneDNN
         # kernels to create and cache (each cached kernel holds memory).

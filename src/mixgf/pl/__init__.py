@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._classify import classify_scores, confusion_matrix
+from ._perturb import perturb_shift, perturb_volcano
 from ._umap import umap
 
-__all__ = ["classify_scores", "confusion_matrix", "umap"]
+__all__ = ["classify_scores", "confusion_matrix", "perturb_shift", "perturb_volcano", "umap"]

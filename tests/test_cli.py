@@ -9,11 +9,13 @@ import numpy as np
 from mixgf._cli import main
 
 
-def test_demo_prints_coverage_for_both_species():
-    out = subprocess.run([sys.executable, "-m", "mixgf", "demo"], capture_output=True, text=True, check=True)
-    assert "coverage of vocabulary 'mixgf' (human genes)" in out.stdout
-    assert "coverage of vocabulary 'mixgf' (mouse genes)" in out.stdout
-    assert "2,700 cells" in out.stdout and "822 cells" in out.stdout
+def test_demo_tokenizes_embeds_and_perturbs_both_species():
+    cmd = [sys.executable, "-m", "mixgf", "demo", "--max-cells", "400", "--perturb-cells", "10"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert "coverage of vocabulary 'mixgf' (human genes)" in out
+    assert "coverage of vocabulary 'mixgf' (mouse genes)" in out
+    assert "400 cells" in out and out.count("10-nearest-neighbour cell-type agreement") == 2
+    assert "in silico deletion of CD74" in out and "shift_vs_expected" in out
 
 
 def test_tokenize_command(pbmc, tmp_path, capsys):

@@ -117,10 +117,13 @@ def test_geneformer_statistic(a, default_model):
 
 
 def test_calibrated_p_values_without_gene_signal(cells, default_model):
-    """A model whose weights carry no gene signal: the matched test's p-values are uniform, BH finds nothing."""
+    """A model whose weights carry no gene signal, every gene perturbed: uniform p-values, BH finds nothing.
+
+    (The same with the trained default model is measured by benchmarks/perturb.py.)
+    """
     torch.manual_seed(0)
-    random = mgf.MixGeneformer(BertEncoderModel(default_model.config).eval(), default_model.vocab, "random", {})
-    df = mgf.tl.perturb(cells, genes="all", max_cells=30, model=random, inplace=False, seed=0)
+    model = mgf.MixGeneformer(BertEncoderModel(default_model.config).eval(), default_model.vocab, "random", {})
+    df = mgf.tl.perturb(cells, genes="all", max_cells=30, model=model, inplace=False, seed=0)
     p = df["p_value"].dropna().to_numpy()
     assert p.shape[0] > 500
     assert stats.kstest(p, "uniform").pvalue > 0.01

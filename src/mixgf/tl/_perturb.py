@@ -215,7 +215,7 @@ def _choose_controls(
                     score = rs / cnt
                 # controls are expressed in every cell where the set is perturbed, so that their mean shifts are
                 # over the same cells; where too few genes are, the best-detected ones are taken
-                need = 2 * n_controls + len(members)
+                need = n_controls + len(members)
                 ok = cnt >= n
                 if ok.sum() < need:
                     ok = (cnt >= np.sort(cnt)[::-1][min(len(cnt) - 1, need)]) & (cnt > 0)
@@ -269,11 +269,13 @@ def _matched_test(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per tested set: expected shift from its controls, number of controls, t statistic and two-sided p-value.
 
-    In the cells where the tested set is perturbed, each control's mean shift is regressed on its mean relative rank
-    (a straight line through the K controls). The tested set's mean shift is compared with the line's prediction at
-    its own mean rank by the regression prediction interval:
-    ``t = (x - y_hat) / (s * sqrt(1 + 1/K + (r - r_bar)^2 / S_rr))`` with ``K - 2`` degrees of freedom, exact when a
-    null gene is exchangeable with its controls and the residuals are normal.
+    In every cell where the tested set is perturbed, the controls' shifts are regressed on their relative ranks in
+    that cell (a straight line through the controls, which lie in a narrow window of ranks around the tested gene).
+    The tested set's residual is its shift minus the line's prediction at its own rank; each control's residual is
+    its leave-one-out prediction error (the residual divided by ``1 - leverage``), which makes the two exchangeable
+    when the tested gene is exchangeable with its controls. Residuals are averaged over the cells, and the tested
+    set's mean residual is compared with its controls' mean residuals by a prediction-interval t-test
+    (``t = (x - mean(y)) / (sd(y) * sqrt(1 + 1/K))``, ``K - 1`` degrees of freedom).
     """
     from scipy import stats
 
@@ -283,43 +285,59 @@ def _matched_test(
     t_stat = np.full(tested, np.nan)
     p = np.full(tested, np.nan)
 
-    def mean_rank(rows: np.ndarray, members: np.ndarray, where: np.ndarray) -> float:
-        r = ranks[rows][:, members].toarray()
+    def rank_matrix(sub_ranks: sp.csr_matrix, member_sets: list[np.ndarray]) -> np.ndarray:
+        """Cells x sets: relative rank of each set (mean over its members) in each cell."""
+        flat = np.concatenate(member_sets)
+        r = sub_ranks[:, flat].toarray()
         r[r == 0] = 1.0  # a gene the cell lacks (overexpression) counts as ranked last
-        return float(r.mean(axis=1)[where].mean())
+        bounds = np.cumsum([0, *[m.shape[0] for m in member_sets]])
+        return np.add.reduceat(r, bounds[:-1], axis=1) / np.diff(bounds)[None, :]
 
     for s in range(tested):
         rows = np.flatnonzero(applicable[:, s] & has[:, s])
         if rows.shape[0] == 0 or not control_cols[s]:
             continue
         cols = np.asarray(control_cols[s])
-        sub, sub_has = shifts[np.ix_(rows, cols)], has[np.ix_(rows, cols)]
-        keep = sub_has.any(axis=0)
+        y = shifts[np.ix_(rows, cols)]  # cells x controls
+        ok = ~np.isnan(y)
+        keep = ok.any(axis=0)
         n_ctrl[s] = int(keep.sum())
-        if n_ctrl[s] == 0:
+        if n_ctrl[s] < 3:
             continue
-        y = np.nanmean(sub[:, keep], axis=0)
-        r = np.array([mean_rank(rows, sets[c], sub_has[:, j]) for j, c in zip(np.flatnonzero(keep), cols[keep])])
-        x = float(shifts[rows, s].mean())
-        r0 = mean_rank(rows, sets[s], np.ones(rows.shape[0], dtype=bool))
-        k = y.shape[0]
-        r_bar, y_bar = r.mean(), y.mean()
-        srr = float(((r - r_bar) ** 2).sum())
-        if k >= 4 and srr > 0:
-            b = float(((r - r_bar) * (y - y_bar)).sum() / srr)
-            fit = y_bar + b * (r - r_bar)
-            expected[s] = y_bar + b * (r0 - r_bar)
-            df = k - 2
-            resid_sd = np.sqrt(float(((y - fit) ** 2).sum()) / df)
-            se = resid_sd * np.sqrt(1 + 1 / k + (r0 - r_bar) ** 2 / srr)
-        else:
-            expected[s] = y_bar
-            df = k - 1
-            se = float(y.std(ddof=1)) * np.sqrt(1 + 1 / k) if k > 1 else 0.0
-        if df < 2 or not se > 0:
+        y, ok, cols = y[:, keep], ok[:, keep], cols[keep]
+        sub_ranks = ranks[rows]
+        r = rank_matrix(sub_ranks, [sets[c] for c in cols])
+        r0 = rank_matrix(sub_ranks, [sets[s]])[:, 0]
+        w = ok.astype(np.float64)
+        n = w.sum(axis=1)
+        yz, rz = np.where(ok, y, 0.0), np.where(ok, r, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r_bar = rz.sum(axis=1) / n
+            y_bar = yz.sum(axis=1) / n
+            dr = np.where(ok, r - r_bar[:, None], 0.0)
+            srr = (dr**2).sum(axis=1)
+            line = (n >= 4) & (srr > 1e-12)  # cells with enough controls for a line; else their mean
+            b = np.where(line, (dr * np.where(ok, y - y_bar[:, None], 0.0)).sum(axis=1) / np.where(line, srr, 1), 0.0)
+            lev = 1 / n[:, None] + np.where(line[:, None], dr**2 / np.where(line, srr, 1)[:, None], 0.0)
+            resid = y - (y_bar[:, None] + b[:, None] * (r - r_bar[:, None]))
+            loo = np.where(ok & (lev < 1 - 1e-9), resid / (1 - lev), np.nan)
+            pred = y_bar + b * (r0 - r_bar)
+        usable = n >= 2
+        if not usable.any():
             continue
-        t_stat[s] = (x - expected[s]) / se
-        p[s] = 2 * stats.t.sf(abs(t_stat[s]), df)
+        x_shift = shifts[rows[usable], s]
+        expected[s] = float(pred[usable].mean())
+        x = float((x_shift - pred[usable]).mean())
+        counts = (~np.isnan(loo[usable])).sum(axis=0)
+        yk = np.nansum(loo[usable], axis=0)[counts > 0] / counts[counts > 0]
+        k = yk.shape[0]
+        if k < 3:
+            continue
+        sd = float(yk.std(ddof=1))
+        if not sd > 0:
+            continue
+        t_stat[s] = (x - float(yk.mean())) / (sd * np.sqrt(1 + 1 / k))
+        p[s] = 2 * stats.t.sf(abs(t_stat[s]), k - 1)
     return expected, n_ctrl, t_stat, p
 
 
@@ -397,12 +415,14 @@ def perturb(
         Against a null of ``n_controls`` control genes matched to the tested gene by expression rank in the same
         cells. The controls are genes expressed in every cell where the tested gene is perturbed (or, where too few
         are, the best-detected ones), taken as a window around the tested gene's mean relative rank in those cells
-        with the tested gene at a random place in the window. Each control is perturbed in the same cells. The
-        controls' mean shifts are regressed on their mean ranks (a straight line), and the tested gene's mean shift
-        is compared with the line's prediction at its own rank by the regression prediction interval (``K - 2``
-        degrees of freedom; reported as ``expected_shift`` and ``shift_vs_expected``). It asks whether the gene
-        moves the cells more (or less) than a gene of the same expression rank would, and assumes that a null gene
-        is exchangeable with its rank-matched controls and that the residuals are roughly normal. With
+        with the tested gene at a random place in the window; each is perturbed in the same cells. In every cell the
+        controls' shifts are regressed on their ranks (a straight line over the narrow window); the tested gene's
+        residual is its shift minus the line at its own rank (the line's mean is ``expected_shift``, the
+        difference ``shift_vs_expected``), each control's is its leave-one-out prediction error. The tested gene's
+        mean residual over the cells is compared with its controls' by a two-sided prediction-interval t-test
+        (``K - 1`` degrees of freedom). It asks whether the gene moves the cells more (or less) than a gene of the
+        same expression rank would, and assumes that a null gene is exchangeable with its rank-matched controls and
+        that their mean residuals are roughly normal. The unit of replication is the gene, not the cell. With
         ``genes="all"`` the controls are the other perturbed genes (no extra work); with a gene list they cost
         ``n_controls`` extra perturbations per gene and cell.
     ``"geneformer"``
@@ -541,12 +561,13 @@ def perturb(
     sel_lengths = lengths[sel]
 
     # genes
+    symbol_table = _symbol_table(vocab)
     special = {int(i) for i in vocab.special_ids} | {vocab.id_of("pad")}
     if isinstance(genes, str) and genes == "all":
         valid = np.arange(sel_tokens.shape[1])[None, :] < sel_lengths[:, None]
         present = np.unique(sel_tokens[valid])
         present = present[~np.isin(present, list(special))]
-        symbols = _symbols(vocab, present)
+        symbols = _symbols(symbol_table, present)
         tested_sets = [np.array([t]) for t in present]
         info = [
             {"gene": symbols[i], "ensembl_id": vocab.tokens[t], "query": vocab.tokens[t], "via_ortholog": ""}
@@ -599,7 +620,7 @@ def perturb(
                     col_of[c] = len(all_sets)
                     all_sets.append(np.array(c))
                 control_cols[s].append(col_of[c])
-            control_names[s] = ";".join("+".join(_symbols(vocab, np.array(c))) for c in ctrl)
+            control_names[s] = ";".join("+".join(_symbols(symbol_table, np.array(c))) for c in ctrl)
     # which (cell, set) pairs to compute: tested sets where they apply, controls only in their tested sets' cells
     want = np.zeros((sel.shape[0], len(all_sets)), dtype=bool)
     want[:, :n_tested] = applicable
@@ -747,15 +768,17 @@ def perturb(
     return target if copy else None
 
 
-def _symbols(vocab: Any, tokens: np.ndarray) -> list[str]:
+def _symbol_table(vocab: Any) -> np.ndarray:
+    """Symbol (or Ensembl ID where none is known) of every token of the vocabulary."""
     from ..genes import id_to_symbol
 
-    maps = {s: id_to_symbol(s) for s in vocab.species}
-    out = []
-    for t in np.asarray(tokens).tolist():
-        gid = vocab.tokens[t]
-        out.append(maps.get(str(vocab.gene_species[t]), {}).get(gid, gid))
-    return out
+    maps = {s: id_to_symbol(s) for s in ("human", "mouse")}
+    species = vocab.gene_species
+    return np.array([maps.get(str(sp), {}).get(t, t) for t, sp in zip(vocab.tokens, species)], dtype=object)
+
+
+def _symbols(table: np.ndarray, tokens: np.ndarray) -> list[str]:
+    return [str(x) for x in table[np.asarray(tokens, dtype=np.int64)]]
 
 
 def _unique_labels(labels: list[str]) -> list[str]:

@@ -220,7 +220,7 @@ def write_docs(table, cal, notes, args, minutes) -> None:
 - Date: {datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}; machine: {cpu}, {os.cpu_count()} cores, CPU only; total
   {minutes:.1f} min. Model: the bundled default (`docs/model_card.md`).
 - Test cells were never seen in pre-training (the default model's `heldout.json`) nor in fine-tuning.
-- (a) fine-tunes every block for {args.epochs} epochs on each cell's top {args.max_len} tokens (a CPU budget), with a
+- (a) fits a linear probe on the frozen embeddings, then fine-tunes every block for {args.epochs} epochs on each cell's top {args.max_len} tokens (a CPU budget), with a
   stratified 15 % validation split for early stopping and temperature scaling; (b) a logistic regression on the frozen
   last-layer embedding; (c) a logistic regression on log1p-normalised counts of 2,000 highly variable genes
   (CellTypist-style); (d) 15-nearest-neighbour vote on 50 principal components.

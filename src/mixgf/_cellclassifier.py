@@ -69,7 +69,8 @@ class CellClassifier:
 
         Returns
         -------
-        The directory.
+        pathlib.Path
+            The directory.
         """
         from safetensors.torch import save
 
@@ -104,7 +105,8 @@ class CellClassifier:
 
         Returns
         -------
-        The classifier.
+        mixgf.CellClassifier
+            The classifier.
         """
         from safetensors.torch import load
 

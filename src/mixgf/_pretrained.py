@@ -109,7 +109,8 @@ class MixGeneformer:
 
         Returns
         -------
-        The model.
+        mixgf.MixGeneformer
+            The model.
         """
         from .genes import Vocabulary
         from .model import load_model_dir
@@ -162,7 +163,8 @@ class MixGeneformer:
 
         Returns
         -------
-        The model, marked as trained.
+        mixgf.MixGeneformer
+            The model, marked as trained.
         """
         from .genes import Vocabulary
         from .model import import_hf_bert
@@ -188,7 +190,8 @@ class MixGeneformer:
 
         Returns
         -------
-        The directory.
+        pathlib.Path
+            The directory.
         """
         from .model import save_model_dir
 
@@ -233,6 +236,7 @@ def load_model(source: str | Path | None = None, *, device: str = "cpu") -> MixG
 
     Returns
     -------
-    The model.
+    mixgf.MixGeneformer
+        The model.
     """
     return MixGeneformer.load(source, device=device)

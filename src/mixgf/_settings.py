@@ -15,7 +15,7 @@ _VERBOSITY = {"error": logging.ERROR, "warning": logging.WARNING, "info": loggin
 class MixgfSettings:
     """Settings shared by all mixgf functions.
 
-    Every attribute is validated on assignment. Use :meth:`override` to change settings temporarily.
+    Every attribute is validated on assignment. Use :meth:`~mixgf.settings.override` to change settings temporarily.
 
     Attributes
     ----------

@@ -89,7 +89,8 @@ def pretrain(
     vocab
         A vocabulary (or preset / path); `None` builds one from the corpus.
     architecture
-        Encoder settings (:class:`mixgf.model.EncoderConfig` fields); defaults to :data:`DEFAULT_ARCHITECTURE`.
+        Encoder settings (:class:`mixgf.model.EncoderConfig` fields); defaults to Mix-Geneformer's architecture
+        (6 layers, hidden 256, 4 heads, FFN 512, SiLU, dropout 0.1).
     train
         Training settings (:class:`mixgf.model.PretrainConfig` fields).
     holdout_fraction
@@ -109,7 +110,8 @@ def pretrain(
 
     Returns
     -------
-    The trained model (also saved in ``out_dir / "model"``).
+    mixgf.MixGeneformer
+        The trained model (also saved in ``out_dir / "model"``).
     """
     import torch
 

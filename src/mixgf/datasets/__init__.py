@@ -33,7 +33,8 @@ def pbmc3k() -> AnnData:
 
     Returns
     -------
-    A new AnnData.
+    anndata.AnnData
+        A new AnnData.
 
     Examples
     --------
@@ -53,7 +54,8 @@ def baron_mouse_pancreas() -> AnnData:
 
     Returns
     -------
-    A new AnnData.
+    anndata.AnnData
+        A new AnnData.
 
     Examples
     --------

@@ -65,7 +65,8 @@ def detect_species(names: Sequence[str] | np.ndarray | pd.Index, species: Specie
 
     Returns
     -------
-    ``"human"`` or ``"mouse"``.
+    str
+        ``"human"`` or ``"mouse"``.
 
     Raises
     ------
@@ -162,7 +163,8 @@ def map_to_ensembl(
 
     Returns
     -------
-    The per-var mapping.
+    mixgf.genes.GeneMapping
+        The per-var mapping.
 
     Examples
     --------

@@ -73,7 +73,8 @@ def read_geneformer_pickle(path: str | Path) -> dict[str, int | float | str]:
 
     Returns
     -------
-    The dictionary with plain Python values.
+    dict
+        The dictionary with plain Python values.
 
     Raises
     ------

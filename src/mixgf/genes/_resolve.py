@@ -84,7 +84,8 @@ def resolve_genes(names: Sequence[str], vocab: Vocabulary, species: Species) -> 
 
     Returns
     -------
-    One :class:`ResolvedGene` per name, in order.
+    list of mixgf.genes.ResolvedGene
+        One :class:`ResolvedGene` per name, in order.
 
     Raises
     ------

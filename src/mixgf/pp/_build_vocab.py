@@ -63,7 +63,8 @@ def build_vocabulary(
 
     Returns
     -------
-    The vocabulary.
+    mixgf.genes.Vocabulary
+        The vocabulary.
 
     Examples
     --------

@@ -61,8 +61,9 @@ def gene_medians(
 
     Returns
     -------
-    DataFrame indexed by Ensembl ID with columns ``median``, ``n_cells`` (cells where the gene is non-zero),
-    ``species``; genes never detected are left out.
+    pandas.DataFrame
+        DataFrame indexed by Ensembl ID with columns ``median``, ``n_cells`` (cells where the gene is non-zero),
+        ``species``; genes never detected are left out.
 
     Examples
     --------

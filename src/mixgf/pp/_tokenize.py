@@ -399,7 +399,7 @@ def format_coverage(cov: dict) -> str:
 
 
 def coverage_report(adata: AnnData, *, key: str = TOKENS_KEY) -> str:
-    """The coverage report that :func:`rank_tokenize` logged, as text.
+    """The coverage report that :func:`~mixgf.pp.rank_tokenize` logged, as text.
 
     Parameters
     ----------
@@ -410,7 +410,8 @@ def coverage_report(adata: AnnData, *, key: str = TOKENS_KEY) -> str:
 
     Returns
     -------
-    The report.
+    str
+        The report.
     """
     if key not in adata.uns or "coverage" not in adata.uns[key]:
         msg = f"adata.uns[{key!r}] holds no coverage report; run `mgf.pp.rank_tokenize(adata)` first."

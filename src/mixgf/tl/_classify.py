@@ -123,7 +123,8 @@ def train_classifier(
 
     Returns
     -------
-    The classifier (see :func:`classify`, :meth:`mixgf.CellClassifier.save`).
+    mixgf.CellClassifier
+        The classifier (see :func:`classify`, :meth:`mixgf.CellClassifier.save`).
 
     Examples
     --------

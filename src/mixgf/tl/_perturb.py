@@ -422,7 +422,8 @@ def perturb(
         mean residual over the cells is compared with its controls' by a two-sided prediction-interval t-test
         (``K - 1`` degrees of freedom). It asks whether the gene moves the cells more (or less) than a gene of the
         same expression rank would, and assumes that a null gene is exchangeable with its rank-matched controls and
-        that their mean residuals are roughly normal. The unit of replication is the gene, not the cell. With
+        that their mean residuals are roughly normal; for genes scored in many cells it is somewhat optimistic (see
+        the perturbation guide's calibration section). The unit of replication is the gene, not the cell. With
         ``genes="all"`` the controls are the other perturbed genes (no extra work); with a gene list they cost
         ``n_controls`` extra perturbations per gene and cell.
     ``"geneformer"``

@@ -49,7 +49,8 @@ def umap(
 
     Returns
     -------
-    `None`, or a copy when ``copy=True``, with ``adata.obsm[key_added]`` (cells × 2) and the neighbours graph.
+    anndata.AnnData or None
+        `None`, or a copy when ``copy=True``, with ``adata.obsm[key_added]`` (cells × 2) and the neighbours graph.
 
     Examples
     --------

@@ -47,10 +47,10 @@ myst_enable_extensions = ["colon_fence", "dollarmath"]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "_templates", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
 # Intersphinx is opt-in: links into other projects' documentation are resolved only when the environment
-# variable MIXGF_DOCS_INTERSPHINX=1 is set (for a build that publishes the docs). By default the mapping is empty so the
-# build never touches the network and ``sphinx -W`` passes offline: Sphinx reports an unreachable inventory
-# as a plain warning without a type, so it cannot be filtered with ``suppress_warnings``, and a timeout only
-# makes the failure faster. References to those projects then render as plain text instead of links.
+# variable MIXGF_DOCS_INTERSPHINX=1 is set (for a build that publishes the docs). By default the mapping is
+# empty, so the build never touches the network and ``sphinx -W`` passes offline. (Sphinx reports an
+# unreachable inventory as a warning without a type, which ``suppress_warnings`` cannot filter, and a timeout
+# only makes the failure faster.) References to those projects then render as plain text instead of links.
 intersphinx_mapping = {}
 if os.environ.get("MIXGF_DOCS_INTERSPHINX") == "1":
     intersphinx_mapping = {
@@ -75,13 +75,6 @@ nitpick_ignore = [
     ("py:class", "Path"),
     # The class of ``mixgf.settings`` (return type of ``settings.override``): private, documented as the instance.
     ("py:class", "mixgf._settings.MixgfSettings"),
-    # TEMPORARY, to be removed with fixes to src/mixgf/model/ docstrings (outside the change that enabled
-    # nitpicky): BertEncoderModel refers to the undocumented instance attribute :attr:`mlm_head`, and the
-    # Returns section of pretrain_encoder has no type line, so napoleon reads its description as the type.
-    ("py:attr", "mlm_head"),
-    ("py:class", "The trained model and the loss history"),
-    ("py:class", "one entry per step"),
-    ("py:class", "."),
 ]
 
 html_theme = "sphinx_book_theme"

@@ -485,7 +485,8 @@ class BertEncoderModel(nn.Module):
     Parameters
     ----------
     config
-        Model configuration; ``config.has_mlm_head`` decides whether :attr:`mlm_head` exists.
+        Model configuration; ``config.has_mlm_head`` decides whether the masked-gene head ``mlm_head`` exists
+        (`None` otherwise).
 
     Notes
     -----

@@ -318,7 +318,8 @@ def pretrain_encoder(
 
     Returns
     -------
-    The trained model and the loss history (one entry per step).
+    tuple of (BertEncoderModel, list of dict)
+        The trained model and the loss history (one entry per step).
     """
     cfg = config
     if model.mlm_head is None:

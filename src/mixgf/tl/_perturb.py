@@ -269,12 +269,11 @@ def _matched_test(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per tested set: expected shift from its controls, number of controls, t statistic and two-sided p-value.
 
-    In every cell where the tested set is perturbed, the controls' shifts are regressed on their relative ranks in
-    that cell (a straight line through the controls, which lie in a narrow window of ranks around the tested gene).
-    The tested set's residual is its shift minus the line's prediction at its own rank; each control's residual is
-    its leave-one-out prediction error (the residual divided by ``1 - leverage``), which makes the two exchangeable
-    when the tested gene is exchangeable with its controls. Residuals are averaged over the cells, and the tested
-    set's mean residual is compared with its controls' mean residuals by a prediction-interval t-test
+    In every cell where the tested set is perturbed, its expected shift is interpolated between the controls nearest
+    to it in rank in that cell (flat beyond the outermost control), and its residual is its shift minus that; each
+    control's residual is interpolated in the same way from the other controls, so that the tested set and its
+    controls are treated alike. Residuals are averaged over the cells, and the tested set's mean residual is compared
+    with its controls' mean residuals by a prediction-interval t-test
     (``t = (x - mean(y)) / (sd(y) * sqrt(1 + 1/K))``, ``K - 1`` degrees of freedom).
     """
     from scipy import stats
@@ -308,28 +307,28 @@ def _matched_test(
         sub_ranks = ranks[rows]
         r = rank_matrix(sub_ranks, [sets[c] for c in cols])
         r0 = rank_matrix(sub_ranks, [sets[s]])[:, 0]
-        w = ok.astype(np.float64)
-        n = w.sum(axis=1)
-        yz, rz = np.where(ok, y, 0.0), np.where(ok, r, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r_bar = rz.sum(axis=1) / n
-            y_bar = yz.sum(axis=1) / n
-            dr = np.where(ok, r - r_bar[:, None], 0.0)
-            srr = (dr**2).sum(axis=1)
-            line = (n >= 4) & (srr > 1e-12)  # cells with enough controls for a line; else their mean
-            b = np.where(line, (dr * np.where(ok, y - y_bar[:, None], 0.0)).sum(axis=1) / np.where(line, srr, 1), 0.0)
-            lev = 1 / n[:, None] + np.where(line[:, None], dr**2 / np.where(line, srr, 1)[:, None], 0.0)
-            resid = y - (y_bar[:, None] + b[:, None] * (r - r_bar[:, None]))
-            loo = np.where(ok & (lev < 1 - 1e-9), resid / (1 - lev), np.nan)
-            pred = y_bar + b * (r0 - r_bar)
-        usable = n >= 2
-        if not usable.any():
+        # In each cell, a set's expected shift is interpolated between the controls nearest to it in rank (flat
+        # beyond the outermost ones); each control's own residual is interpolated from the other controls, so the
+        # tested set and its controls are treated alike.
+        x_res, pred, ctrl_res = [], [], np.full(y.shape, np.nan)
+        for i in range(rows.shape[0]):
+            a = np.flatnonzero(ok[i])
+            if a.shape[0] < 3:
+                continue
+            order = a[np.argsort(r[i, a], kind="stable")]
+            rr, yy = r[i, order], y[i, order]
+            e = np.interp(r0[i], rr, yy)
+            pred.append(e)
+            x_res.append(shifts[rows[i], s] - e)
+            for j in range(order.shape[0]):
+                others = np.delete(np.arange(order.shape[0]), j)
+                ctrl_res[i, order[j]] = yy[j] - np.interp(rr[j], rr[others], yy[others])
+        if not x_res:
             continue
-        x_shift = shifts[rows[usable], s]
-        expected[s] = float(pred[usable].mean())
-        x = float((x_shift - pred[usable]).mean())
-        counts = (~np.isnan(loo[usable])).sum(axis=0)
-        yk = np.nansum(loo[usable], axis=0)[counts > 0] / counts[counts > 0]
+        expected[s] = float(np.mean(pred))
+        x = float(np.mean(x_res))
+        counts = (~np.isnan(ctrl_res)).sum(axis=0)
+        yk = np.nansum(ctrl_res, axis=0)[counts > 0] / counts[counts > 0]
         k = yk.shape[0]
         if k < 3:
             continue
@@ -416,16 +415,15 @@ def perturb(
         cells. The controls are genes expressed in every cell where the tested gene is perturbed (or, where too few
         are, the best-detected ones), taken as a window around the tested gene's mean relative rank in those cells
         with the tested gene at a random place in the window; each is perturbed in the same cells. In every cell the
-        controls' shifts are regressed on their ranks (a straight line over the narrow window); the tested gene's
-        residual is its shift minus the line at its own rank (the line's mean is ``expected_shift``, the
-        difference ``shift_vs_expected``), each control's is its leave-one-out prediction error. The tested gene's
-        mean residual over the cells is compared with its controls' by a two-sided prediction-interval t-test
-        (``K - 1`` degrees of freedom). It asks whether the gene moves the cells more (or less) than a gene of the
-        same expression rank would, and assumes that a null gene is exchangeable with its rank-matched controls and
-        that their mean residuals are roughly normal; for genes scored in many cells it is somewhat optimistic (see
-        the perturbation guide's calibration section). The unit of replication is the gene, not the cell. With
-        ``genes="all"`` the controls are the other perturbed genes (no extra work); with a gene list they cost
-        ``n_controls`` extra perturbations per gene and cell.
+        tested gene's expected shift is interpolated between the controls nearest to it in rank (its mean is
+        ``expected_shift``, the difference ``shift_vs_expected``), and each control's residual is interpolated from
+        the other controls in the same way. The tested gene's mean residual over the cells is compared with its
+        controls' by a two-sided prediction-interval t-test (``K - 1`` degrees of freedom). It asks whether the gene
+        moves the cells more (or less) than a gene of the same expression rank would, and assumes that a null gene
+        is exchangeable with its rank-matched controls and that their mean residuals are roughly normal. It is
+        conservative for genes scored in several cells (see the perturbation guide's calibration section). The
+        unit of replication is the gene, not the cell. With ``genes="all"`` the controls are the other perturbed
+        genes (no extra work); with a gene list they cost ``n_controls`` extra perturbations per gene and cell.
     ``"geneformer"``
         Geneformer's ``InSilicoPerturberStats`` statistic: Wilcoxon rank-sum of the gene's per-cell shifts against
         the per-cell shifts of all perturbed genes pooled (the tested gene included; down-sampled to 100,000 values,

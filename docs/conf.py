@@ -15,6 +15,34 @@ from sphinx.pycode import ModuleAnalyzer
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
+
+def _copy_tutorials() -> None:
+    """Copy the notebooks of ``../tutorials`` into ``docs/tutorials/`` (git-ignored), where Sphinx can read them.
+
+    The tutorials live outside ``docs/`` so that they are easy to find and open from a clone, and are stored with
+    their outputs (rendered as they are, ``nb_execution_mode = "off"``; CI executes them separately). Links from a
+    notebook into the docs are written ``../docs/page.md`` so that they work in Jupyter and on GitHub; in the copy
+    they become ``../page.md``, their place in the built docs. A copy is rewritten only when its content changed
+    (so incremental builds stay incremental), and copies of removed notebooks are deleted.
+    """
+    source, target = HERE.parent / "tutorials", HERE / "tutorials"
+    if not source.is_dir():
+        return
+    target.mkdir(exist_ok=True)
+    wanted = set()
+    for nb in sorted(source.glob("*.ipynb")):
+        text = nb.read_text(encoding="utf-8").replace("](../docs/", "](../")
+        out = target / nb.name
+        wanted.add(out.name)
+        if not out.is_file() or out.read_text(encoding="utf-8") != text:
+            out.write_text(text, encoding="utf-8")
+    for stale in target.glob("*.ipynb"):
+        if stale.name not in wanted:
+            stale.unlink()
+
+
+_copy_tutorials()
+
 project = "mixgf"
 author = "mixgf developers"
 copyright = f"{date.today().year}, {author}"  # noqa: A001

@@ -213,10 +213,12 @@ def _round_up(n: int, quantum: int) -> int:
 
 
 def _cpu_attention(qkv: torch.Tensor, bounds: list[int], num_heads: int, head_dim: int) -> torch.Tensor:
-    """Unmasked softmax attention of every packed sequence.
+    """Unmasked softmax attention of every packed sequence (fp32 CPU inference).
 
-    Consecutive sequences of equal length (the perturbed copies of one cell) go through one batched
-    ``scaled_dot_product_attention`` call; other sequences are computed one at a time and head by head.
+    Consecutive sequences of equal length (e.g. the perturbed copies of one cell) go through one batched
+    ``scaled_dot_product_attention`` call, other sequences one call each: no padding, no mask, and torch's fused
+    CPU attention kernel (which measured faster than explicit per-head products on a 2-core AMD EPYC: 87 vs 109 ms
+    for 16 cells of ~820 tokens, V1 geometry).
 
     Parameters
     ----------
@@ -233,54 +235,24 @@ def _cpu_attention(qkv: torch.Tensor, bounds: list[int], num_heads: int, head_di
     torch.Tensor
         ``[T, H]`` attention context.
     """
-    t = qkv.shape[0]
     h = num_heads * head_dim
-    ctx = qkv.new_empty(t, h)
+    ctx = qkv.new_empty(qkv.shape[0], h)
     ctx[bounds[-1] :].zero_()  # rows after the last sequence (padding of the packed batch), if any
-    if not _onednn_linear_available() or qkv.dtype != torch.float32:
-        for start, end in itertools.pairwise(bounds):
-            if end > start:
-                q, k, v = qkv[start:end].view(end - start, 3, num_heads, head_dim).permute(1, 2, 0, 3).unbind(0)
-                out = F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), scale=1.0)[0]
-                ctx[start:end] = out.transpose(0, 1).reshape(end - start, h)
-        return ctx
     pairs = list(itertools.pairwise(bounds))
     i_seq = 0
     while i_seq < len(pairs):
         start, end = pairs[i_seq]
         n = end - start
-        # Runs of sequences of one length (e.g. perturbed copies of one cell) need no mask: one batched call.
         run = 1
         while i_seq + run < len(pairs) and pairs[i_seq + run][1] - pairs[i_seq + run][0] == n and run * n < 65_536:
             run += 1
         i_seq += run
         if n == 0:
             continue
-        if run > 1:
-            stop = start + run * n
-            q, k, v = qkv[start:stop].view(run, n, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # [run, heads, n, d]
-            ctx[start:stop] = out.transpose(1, 2).reshape(run * n, h)
-            continue
-        # Round the length up (padded keys get a score of -inf): fewer distinct shapes, hence fewer oneDNN
-        # kernels to create and cache (each cached kernel holds memory).
-        m = _round_up(n, 32)
-        block = qkv[start:end]
-        if m != n:
-            padded = qkv.new_zeros(m, 3 * h)
-            padded[:n] = block
-            block = padded
-        k = block[:, h : 2 * h].view(m, num_heads, head_dim).transpose(0, 1).contiguous()  # [heads, m, d]
-        v_t = block[:, 2 * h :].t().contiguous()  # [H, m]
-        outs = []
-        for i in range(num_heads):
-            lo, hi = i * head_dim, (i + 1) * head_dim
-            scores = _cpu_linear(block[:, lo:hi], k[i], None)  # [m, m]
-            if m != n:
-                scores[:, n:] = float("-inf")
-            torch.softmax(scores, dim=-1, out=scores)
-            outs.append(_cpu_linear(scores, v_t[lo:hi], None)[:n])
-        torch.cat(outs, dim=1, out=ctx[start:end])
+        stop = start + run * n
+        q, k, v = qkv[start:stop].view(run, n, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # [run, heads, n, d]
+        ctx[start:stop] = out.transpose(1, 2).reshape(run * n, h)
     return ctx
 
 

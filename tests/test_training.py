@@ -14,7 +14,7 @@ TRAIN = {"steps": 4, "token_budget": 2048, "max_cells": 8, "train_max_len": 64, 
 
 def test_pretrain_api_two_species(tmp_path, pbmc, baron):
     model = mgf.pretrain(
-        [pbmc[:60].copy(), baron[:40].copy()],
+        [{"adata": pbmc[:60].copy(), "gene_id_key": "gene_id", "name": "pbmc"}, baron[:40].copy()],
         out_dir=tmp_path, architecture=ARCH, train=TRAIN, holdout_fraction=0.25, name="tiny",
     )  # fmt: skip
     assert model.trained and model.vocab.species == ("human", "mouse")
@@ -22,8 +22,8 @@ def test_pretrain_api_two_species(tmp_path, pbmc, baron):
     assert meta["cells_per_species"] == {"human": 45, "mouse": 30}
     assert meta["steps"] == 4 and set(meta["final_losses"]) >= {"loss", "mlm", "simcse"}
     held = json.loads((tmp_path / "model" / "heldout.json").read_text())
-    assert sum(len(v) for v in held.values()) == 25
-    assert not set(held["dataset_0"]) & set(pbmc[:60].obs_names[~np.isin(pbmc[:60].obs_names, held["dataset_0"])])
+    assert sum(len(v) for v in held.values()) == 25 and set(held) == {"pbmc", "dataset_1"}
+    assert not set(held["pbmc"]) & set(pbmc[:60].obs_names[~np.isin(pbmc[:60].obs_names, held["pbmc"])])
     # the vocabulary's mouse medians say where they come from; human ones are Geneformer's
     src = set(model.vocab.median_source)
     assert "geneformer_gc95M" in src and any(s.startswith(("corpus", "ortholog")) for s in src)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ import pandas as pd
 from . import _logging as logg
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
     from anndata import AnnData
 
@@ -40,7 +41,16 @@ def _read(entry: AnnData | str | Path | Mapping[str, Any]) -> tuple[AnnData, dic
 
     if isinstance(entry, ad.AnnData):
         return entry, {}
-    spec = dict(entry) if isinstance(entry, dict) else {"path": str(entry)}
+    spec = dict(entry) if isinstance(entry, Mapping) else {"path": str(entry)}
+    if "adata" in spec:  # an in-memory AnnData with its options (gene_id_key, layer, name)
+        adata = spec.pop("adata")
+        if not isinstance(adata, ad.AnnData):
+            msg = f"corpus entry {spec.get('name', '')!r}: 'adata' must be an AnnData, got {type(adata).__name__}."
+            raise TypeError(msg)
+        return adata, spec
+    if "path" not in spec:
+        msg = "A corpus entry given as a dict needs 'path' (an .h5ad file) or 'adata' (an AnnData)."
+        raise ValueError(msg)
     adata = ad.read_h5ad(spec["path"])
     if not adata.var_names.is_unique:
         adata.var_names_make_unique()
@@ -74,7 +84,7 @@ def pretrain(
     """Pre-train a Mix-Geneformer encoder: masked-gene modelling + SimCSE (+ cross-species alignment).
 
     Each corpus entry is an AnnData with raw counts (human or mouse) or an ``.h5ad`` path, or a dict
-    ``{"path": ..., "gene_id_key": ..., "layer": ..., "name": ...}``. A seeded ``holdout_fraction`` of every
+    ``{"path": ... or "adata": ..., "gene_id_key": ..., "layer": ..., "name": ...}``. A seeded ``holdout_fraction`` of every
     dataset is split off first and never trained on; its cell names are saved with the model
     (``heldout.json``). Without a ``vocab``, one is built from the training cells with
     :func:`mixgf.pp.build_vocabulary`, so the gene medians come from the training corpus (human medians from

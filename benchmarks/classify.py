@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import torch
+from _common import write_docs_section
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.neighbors import KNeighborsClassifier
@@ -199,13 +200,7 @@ def main() -> None:
 
 
 def write_docs(table, cal, notes, args, minutes) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
     head = "## Cell-type classification (`benchmarks/classify.py`)"
-    start = text.find(head)
-    if start >= 0:
-        nxt = text.find("\n## ", start + len(head))
-        text = text[:start] + (text[nxt + 1 :] if nxt >= 0 else "")
     tab = ["| split | train | test | classes | method | accuracy | macro-F1 |", "|---|---:|---:|---:|---|---:|---:|"]
     for r in table.itertuples():
         tab.append(f"| {r.split} | {r._2} | {r._3} | {r.classes} | {r.method} | {r.accuracy:.3f} | {r._7:.3f} |")
@@ -236,7 +231,7 @@ Calibration of (a) on the test cells (expected calibration error, 10 bins):
 Reproduce: `python benchmarks/classify.py --write-docs` (any two labelled files:
 `python benchmarks/classify.py --pair train.h5ad:label test.h5ad:label`).
 """
-    path.write_text(text.rstrip() + "\n\n" + section)
+    write_docs_section(ROOT / "docs" / "benchmarks.md", head, section)
 
 
 if __name__ == "__main__":

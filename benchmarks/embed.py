@@ -15,7 +15,8 @@ What it does, in one run:
    ``torch.cuda.max_memory_allocated``;
 4. compares the cell embeddings with those of the Geneformer way: cosine per cell (min and mean) and the largest
    absolute difference;
-5. prints one Markdown section and writes it to ``benchmarks/_out/embed.md`` (``--out``).
+5. prints one Markdown section and writes it to ``benchmarks/_out/embed.md`` (``--out``) and, with
+   ``--write-docs``, into docs/benchmarks.md.
 
 Methods
 -------
@@ -58,7 +59,6 @@ import gc
 import json
 import os
 import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -68,9 +68,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+from _common import memory_mb, reset_peak_memory, write_docs_section
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "_out" / "embed.md"
+DOCS_HEADING = "## Cell embedding (`benchmarks/embed.py`)"
 VOCAB = "geneformer-v1"
 LAYER = -2  # hidden_states[-2]: Geneformer's default emb_layer=-1
 WARM_CELLS = 8
@@ -277,21 +279,6 @@ class Runner:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def memory_mb() -> dict[str, float]:
-    """Current (``VmRSS``) and peak (``VmHWM``) resident set size of this process, MB."""
-    status = Path("/proc/self/status").read_text()
-    return {k: int(re.search(rf"^{k}:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024 for k in ("VmRSS", "VmHWM")}
-
-
-def reset_peak_memory() -> bool:
-    """Reset this process's ``VmHWM`` to its current RSS (Linux >= 4.0); False where not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 def child_main(args: argparse.Namespace) -> None:
     import torch
 
@@ -409,7 +396,7 @@ def fmt_mem(res: dict) -> str:
 def section(info: dict, runs: list[dict], args: argparse.Namespace, command: str) -> str:
     dev = info["gpu"] or f"{info['cpu']}, {info['cores']} cores, {args.threads} threads"
     lines = [
-        "## Cell embedding (`benchmarks/embed.py`)",
+        DOCS_HEADING,
         "",
         f"{info['date']}; {dev}; Python {info['python']}, "
         + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
@@ -491,6 +478,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--methods", default="geneformer,mixgf,hf-fast", help=f"comma-separated, from {','.join(METHODS)}")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the Markdown section")
+    p.add_argument("--write-docs", action="store_true", help="also replace its section of docs/benchmarks.md")
     p.add_argument("--tmp", type=Path, default=None, help="folder for the temporary checkpoints and cells")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-size", default=None, help=argparse.SUPPRESS)
@@ -569,6 +557,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"written to {args.out}")
+    if args.write_docs:
+        write_docs_section(REPO / "docs" / "benchmarks.md", DOCS_HEADING, text)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,6 @@ import argparse
 import gc
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -80,6 +79,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import embed as embed_bench
+from _common import memory_mb, reset_peak_memory, write_docs_section
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "_out" / "perturb.md"
@@ -335,13 +335,13 @@ def child_main(spec: str, workdir: Path) -> None:
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        hwm_reset = embed_bench.reset_peak_memory()
-        base = embed_bench.memory_mb()
+        hwm_reset = reset_peak_memory()
+        base = memory_mb()
         t = time.perf_counter()
         out = runner(warm=False)
         embed_bench.sync(cfg["device"])
         seconds.append(time.perf_counter() - t)
-        peak_mb.append(embed_bench.memory_mb()["VmHWM"] - base["VmRSS"])
+        peak_mb.append(memory_mb()["VmHWM"] - base["VmRSS"])
         if cuda:
             gpu_peak_mb.append(torch.cuda.max_memory_allocated() / 2**20)
     tag = f"{part}_{method}"
@@ -719,25 +719,6 @@ def section(info: dict, out: dict, args: argparse.Namespace, command: str) -> st
     return "\n".join(lines)
 
 
-def write_docs(path: Path, text: str) -> None:
-    """Replace this script's ``## `` section of ``path`` (or append it)."""
-    intro = (
-        "# Benchmarks\n\n"
-        "Measured numbers for mixgf, produced by the scripts in `benchmarks/` (see `benchmarks/README.md`). "
-        "Each section says when, on which machine and with which command its numbers were measured; rerun the "
-        "command to update it. Benchmarks are not tests.\n\n"
-    )
-    doc = path.read_text() if path.exists() else intro
-    pattern = re.compile(rf"^{re.escape(DOCS_HEADING)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _: text + "\n", doc, count=1)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(doc.rstrip("\n") + "\n")
-    print(f"wrote {path}")
-
-
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -859,7 +840,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(text)
     print(f"written to {args.out}")
     if args.write_docs:
-        write_docs(args.docs, text)
+        write_docs_section(args.docs, DOCS_HEADING, text)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,6 @@ import gc
 import json
 import os
 import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -67,6 +66,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from _common import memory_mb, reset_peak_memory, write_docs_section
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_LEN = 2048  # tokens kept per cell (the default "mixgf" vocabulary's rule)
@@ -244,21 +244,6 @@ def flatten(method: str, out, adata) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------------------------
 # child process: one method, timed and measured
 # --------------------------------------------------------------------------------------------------------------
-
-
-def memory_mb() -> dict[str, float]:
-    """Current (``VmRSS``) and peak (``VmHWM``) resident set size of this process, MB."""
-    status = Path("/proc/self/status").read_text()
-    return {k: int(re.search(rf"^{k}:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024 for k in ("VmRSS", "VmHWM")}
-
-
-def reset_peak_memory() -> bool:
-    """Reset this process's ``VmHWM`` to its current RSS (Linux >= 4.0); False where not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 def child_main(method: str, workdir: Path, repeats: int) -> None:
@@ -614,24 +599,6 @@ def docs_section(runs: list[dict], mach: dict, command: str) -> str:
     return "\n".join(out)
 
 
-def write_docs(path: Path, section: str) -> None:
-    intro = (
-        "# Benchmarks\n\n"
-        "Measured numbers for mixgf, produced by the scripts in `benchmarks/` (see `benchmarks/README.md`). "
-        "Each section says when, on which machine and with which command its numbers were measured; rerun the "
-        "command to update it. Benchmarks are not tests.\n\n"
-    )
-    text = path.read_text() if path.exists() else intro
-    pattern = re.compile(rf"^{re.escape(DOCS_HEADING)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
-    print(f"\nwrote {path}")
-
-
 # --------------------------------------------------------------------------------------------------------------
 # cProfile of rank_tokenize
 # --------------------------------------------------------------------------------------------------------------
@@ -712,7 +679,7 @@ def main(argv: list[str] | None = None) -> None:
     print_report(runs, mach)
     if args.write_docs:
         command = shlex.join(["python", "benchmarks/tokenization.py", *(argv if argv is not None else sys.argv[1:])])
-        write_docs(args.out, docs_section(runs, mach, command))
+        write_docs_section(args.out, DOCS_HEADING, docs_section(runs, mach, command))
 
 
 if __name__ == "__main__":

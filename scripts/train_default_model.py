@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import torch
-from sklearn.neighbors import NearestNeighbors
 
 import mixgf as mgf
+from mixgf._metrics import knn_label_agreement
 from mixgf._pretrained import DEFAULT_MODEL_DIR, MixGeneformer
 from mixgf.model import BertEncoderModel, embed_tokens
 
@@ -105,15 +105,6 @@ def embed(model: MixGeneformer, tok: np.ndarray, n: np.ndarray) -> np.ndarray:
     return embed_tokens(model.encoder, tok, n, layer=-2, special_ids=model.vocab.special_ids.tolist())
 
 
-def knn_agreement(x: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
-    """Leave-one-out majority vote of the k nearest neighbours (cosine): fraction of cells whose vote is right."""
-    nn = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(x)
-    _, ind = nn.kneighbors(x)
-    votes = labels[ind[:, 1:]]
-    pred = np.array([pd.Series(r).value_counts().index[0] for r in votes])
-    return float((pred == labels).mean())
-
-
 def pca_baseline(a: ad.AnnData, held: np.ndarray) -> np.ndarray:
     b = a.copy()
     sc.pp.normalize_total(b, target_sum=1e4)
@@ -153,9 +144,9 @@ def evaluate(model: MixGeneformer, random_model: MixGeneformer, corpus, heldout:
             ok = held & pd.notna(lab) & (n > 0)
             labels = np.asarray(lab[ok], dtype=str)
             row = {"dataset": entry["name"], "species": sp, "cells": int(ok.sum()), "types": len(set(labels))}
-            row["mixgf"] = knn_agreement(embed(model, tk[ok], n[ok]), labels)
-            row["random_weights"] = knn_agreement(embed(random_model, tk[ok], n[ok]), labels)
-            row["pca_lognorm"] = knn_agreement(pca_baseline(a, ok), labels)
+            row["mixgf"] = knn_label_agreement(embed(model, tk[ok], n[ok]), labels)
+            row["random_weights"] = knn_label_agreement(embed(random_model, tk[ok], n[ok]), labels)
+            row["pca_lognorm"] = knn_label_agreement(pca_baseline(a, ok), labels)
             res["knn"].append(row)
     width = max(t.shape[1] for t, _ in held_tok)
     tok = np.zeros((sum(len(n) for _, n in held_tok), width), dtype=v.dtype)

@@ -7,24 +7,13 @@ import sys
 from pathlib import Path
 
 
-def _knn_agreement(x, labels, k: int = 10) -> float:
-    """Leave-one-out majority vote of the k nearest neighbours (cosine) against the cells' labels."""
-    import numpy as np
-    import pandas as pd
-
-    x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    sim = x @ x.T
-    np.fill_diagonal(sim, -np.inf)
-    nn = np.argsort(-sim, axis=1)[:, :k]
-    lab = pd.Series(labels).astype(str).to_numpy()
-    vote = pd.DataFrame(lab[nn]).mode(axis=1)[0].to_numpy()
-    return float((vote == lab).mean())
-
-
 def _demo(args: argparse.Namespace) -> int:
     import time
 
+    import pandas as pd
+
     import mixgf as mgf
+    from mixgf._metrics import knn_label_agreement
 
     mgf.settings.verbosity = "warning"
     mgf.settings.progress_bar = False
@@ -51,7 +40,7 @@ def _demo(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             mgf.tl.embed(adata, model=model)
             secs = time.perf_counter() - t0
-            agree = _knn_agreement(adata.obsm["X_mixgf"], adata.obs["cell_type"])
+            agree = knn_label_agreement(adata.obsm["X_mixgf"], adata.obs["cell_type"])
             print(
                 f"embedded with {model.name!r} in {secs:.1f} s ({adata.n_obs / secs:,.0f} cells/s): "
                 f"10-nearest-neighbour cell-type agreement {agree:.3f} over {adata.obs['cell_type'].nunique()} types"
@@ -68,7 +57,7 @@ def _demo(args: argparse.Namespace) -> int:
             n_controls=10, inplace=False,
         )  # fmt: skip
         cols = ["n_cells", "shift_mean", "expected_shift", "shift_vs_expected", "p_value", "p_adj"]
-        with __import__("pandas").option_context("display.width", 120, "display.float_format", "{:.4g}".format):
+        with pd.option_context("display.width", 120, "display.float_format", "{:.4g}".format):
             print(df[cols].to_string())
         print(f"({time.perf_counter() - t0:.1f} s)")
     return 0

@@ -156,6 +156,19 @@ def test_results_survive_h5ad(a, default_model, tmp_path):
     np.testing.assert_allclose(b.obsm[f"{KEY}_shift"].to_numpy(), a.obsm[f"{KEY}_shift"].to_numpy(), equal_nan=True)
 
 
+def test_cells_by_positions_or_names_and_untokenized_inplace_false(a, pbmc_full, default_model):
+    by_pos = mgf.tl.perturb(a, genes=["CD74"], cells=np.arange(10), model=default_model, test="none", inplace=False)
+    by_name = mgf.tl.perturb(a, genes=["CD74"], cells=a.obs_names[:10], model=default_model, test="none", inplace=False)
+    assert by_pos.loc["CD74", "n_cells"] == by_name.loc["CD74", "n_cells"] == _expressing(a, "CD74")[:10].sum()
+    # tokens missing and inplace=False: tokenized on a copy, the user's AnnData is left as it was
+    raw = pbmc_full[:20].copy()
+    raw.var_names = raw.var["gene_id"].astype(str).to_numpy()
+    keys = (set(raw.obsm), set(raw.obs.columns), set(raw.uns))
+    df = mgf.tl.perturb(raw, genes=["CD74"], model=default_model, test="none", inplace=False)
+    assert df.loc["CD74", "n_cells"] > 0
+    assert (set(raw.obsm), set(raw.obs.columns), set(raw.uns)) == keys
+
+
 # -- bad input -------------------------------------------------------------------------------------------------------
 def test_unknown_gene_names_close_matches(a, default_model):
     with pytest.raises(KeyError, match="CD79A"):
@@ -180,6 +193,12 @@ def test_bad_goal_selection_and_options(a, default_model):
         mgf.tl.perturb(a, genes=["CD74"], goal={"key": "cell_type", "target": "neurons"}, model=default_model)
     with pytest.raises(ValueError, match="No cell to perturb"):
         mgf.tl.perturb(a, genes=["CD74"], cells=np.zeros(a.n_obs, dtype=bool), model=default_model)
+    with pytest.raises(IndexError, match="must lie in"):
+        mgf.tl.perturb(a, genes=["CD74"], cells=np.array([0, a.n_obs]), model=default_model)
+    with pytest.raises(KeyError, match="not cells of adata"):
+        mgf.tl.perturb(a, genes=["CD74"], cells=["no-such-cell"], model=default_model)
+    with pytest.raises(ValueError, match="one entry per cell"):
+        mgf.tl.perturb(a, genes=["CD74"], cells=np.ones(3, dtype=bool), model=default_model)
     with pytest.raises(ValueError, match="not a valid query"):
         mgf.tl.perturb(a, genes=["CD74"], cells="cell_type ==", model=default_model)
     with pytest.raises(KeyError, match="groups"):

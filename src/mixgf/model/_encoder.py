@@ -10,10 +10,10 @@ Two forward paths share the same weights:
   call per sequence.
 
 fp32 inference on the CPU (no autograd, eval mode, no autocast) takes a fast path: the padded
-batch is packed internally (no compute is spent on padding), every attention call runs without a
-mask, one sequence and one head at a time, and on x86 the matrix products use oneDNN
-(``torch.ops.mkldnn._linear_pointwise``, about twice as fast as MKL's sgemm on AMD CPUs) with the
-ReLU and the residual additions fused into them. It computes the same function in fp32 (differences
+batch is packed internally (no compute is spent on padding), attention runs without a mask through
+torch's fused kernel, one call per sequence or per run of equal-length sequences, and on x86 the
+matrix products use oneDNN (``torch.ops.mkldnn._linear_pointwise``, about twice as fast as MKL's
+sgemm on AMD CPUs) with the ReLU and the residual additions fused into them. It computes the same function in fp32 (differences
 of the order of 1e-6) and can be switched off with ``MIXGF_CPU_FAST_PATH=0``.
 """
 
@@ -576,7 +576,8 @@ class BertEncoderModel(nn.Module):
             out[valid] = z
             return out
 
-        # Pad the token count with pad tokens that belong to no sequence (for the same reason as in _cpu_attention).
+        # Pad the token count with pad tokens that belong to no sequence: fewer distinct matrix shapes, hence fewer
+        # oneDNN kernels to create and cache.
         n_tokens = bounds[-1]
         n_rows = _round_up(n_tokens, 128)
         if n_rows > n_tokens:

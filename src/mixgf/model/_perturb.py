@@ -17,7 +17,6 @@ genes has the same length, so copies of many cells share token-budget batches wi
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
 
     from ._encoder import BertEncoderModel
     from ._pooling import Pooling
-
-logger = logging.getLogger("mixgf")
 
 __all__ = ["PERTURB_MODES", "PerturbationResult", "perturb_cell", "perturbation_shifts"]
 

@@ -77,6 +77,9 @@ def _select_cells(
                     raise ValueError(msg)
                 mask &= arr
             elif np.issubdtype(arr.dtype, np.integer):
+                if arr.size and (arr.min() < -adata.n_obs or arr.max() >= adata.n_obs):
+                    msg = f"Cell positions in `cells` must lie in [0, {adata.n_obs}); got [{arr.min()}, {arr.max()}]."
+                    raise IndexError(msg)
                 sel = np.zeros(adata.n_obs, dtype=bool)
                 sel[arr] = True
                 mask &= sel
@@ -180,7 +183,7 @@ def _choose_controls(
     """For every tested set: up to ``n_controls`` control sets of genes matched member by member on expression rank.
 
     A member's rank is its mean relative rank over the cells where the set applies. Delete-like modes match among
-    candidates expressed in all of those cells (or, where fewer than ``2 * n_controls`` genes are, the
+    candidates expressed in all of those cells (or, where fewer than ``n_controls`` such genes are, the
     best-detected ones; rank averaged over the cells that express them);
     ``overexpress`` counts a gene the cell lacks as ranked last and needs no expression.
 
@@ -220,11 +223,7 @@ def _choose_controls(
                 if ok.sum() < need:
                     ok = (cnt >= np.sort(cnt)[::-1][min(len(cnt) - 1, need)]) & (cnt > 0)
             member_cols = [cand_index.get(int(m), -1) for m in members]
-            ok[[c for c in member_cols if c >= 0]] = False
-            for m in members:  # other tested genes of the set are never their own controls
-                j = cand_index.get(int(m))
-                if j is not None:
-                    ok[j] = False
+            ok[[c for c in member_cols if c >= 0]] = False  # a set's genes are never its own controls
             per_member = []
             for m, j in zip(members, member_cols):
                 own = score[j] if j >= 0 else _own_score(ranks, applicable[:, s], int(m), mode)
@@ -531,7 +530,12 @@ def perturb(
         mdl = resolve_model(model)
     layer = DEFAULT_PERTURB_LAYER if layer is None else int(layer)
     dev = resolve_device(settings.device if device is None else device)
-    target = prepare_target(adata, copy=copy) if inplace else adata
+    if inplace:
+        target = prepare_target(adata, copy=copy)
+    elif tokens_key in adata.obsm:
+        target = adata  # only read
+    else:
+        target = adata.copy()  # tokens computed on the fly go to a copy: adata stays untouched
     tokens, lengths = get_tokens(target, mdl, tokens_key)
     species = str(target.uns[tokens_key]["params"]["species"])
     vocab = mdl.vocab
@@ -589,12 +593,13 @@ def perturb(
     ranks = _rank_matrix(sel_tokens, sel_lengths, n_front, n_back, len(vocab))
     det = ranks.copy()
     det.data[:] = 1.0
+    # where each set applies: overexpression everywhere, the other modes where the cell expresses every gene
     applicable = np.ones((sel.shape[0], n_tested), dtype=bool)
-    if mode != "overexpress" and all(m.shape[0] == 1 for m in tested_sets) and n_tested:
-        applicable = det[:, np.concatenate(tested_sets)].toarray() > 0
-    elif mode != "overexpress":
-        for s, members in enumerate(tested_sets):
-            applicable[:, s] = np.asarray(det[:, members].sum(axis=1)).ravel() == members.shape[0]
+    if mode != "overexpress" and n_tested:
+        sizes = np.array([m.shape[0] for m in tested_sets])
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        expressed = det[:, np.concatenate(tested_sets)].toarray()
+        applicable = np.add.reduceat(expressed, starts, axis=1) == sizes[None, :]
     t0 = logg.info(
         f"perturbing {n_tested:,} gene set(s) ({mode}) in {sel.shape[0]:,} {species} cells with model {mdl.name!r} "
         f"on {dev}"
@@ -675,10 +680,10 @@ def perturb(
         mean = np.array([v.mean() if v.size else np.nan for v in values])
         median = np.array([np.median(v) if v.size else np.nan for v in values])
         sd = np.array([v.std(ddof=1) if v.size > 1 else np.nan for v in values])
-    ctrl_mean = np.full(n_tested, np.nan)
+    expected = np.full(n_tested, np.nan)
     n_ctrl = np.zeros(n_tested, dtype=np.int64)
     if test == "matched":
-        ctrl_mean, n_ctrl, _, p = _matched_test(shifts, applicable, n_tested, control_cols, all_sets, ranks)
+        expected, n_ctrl, _, p = _matched_test(shifts, applicable, n_tested, control_cols, all_sets, ranks)
     elif test == "geneformer":
         if n_tested < 2:
             logg.warn("test='geneformer' compares a gene with all perturbed genes pooled: it needs two or more genes.")
@@ -701,8 +706,8 @@ def perturb(
             "shift_mean": mean,
             "shift_median": median,
             "shift_sd": sd,
-            "expected_shift": ctrl_mean,
-            "shift_vs_expected": mean - ctrl_mean,
+            "expected_shift": expected,
+            "shift_vs_expected": mean - expected,
             "n_controls": n_ctrl,
             "p_value": p,
             "p_adj": _bh(p),
@@ -719,7 +724,7 @@ def perturb(
     order = np.lexsort((-np.abs(df["shift_mean"].fillna(0).to_numpy()), df["p_value"].fillna(np.inf).to_numpy()))
     df = df.iloc[order].set_index(pd.Index(df["gene"].to_numpy()[order], name=None))
 
-    n_perturbed = int(applicable.any(axis=1).sum())
+    n_perturbed = int((~np.isnan(shifts[:, :n_tested])).any(axis=1).sum())
     params = _params(
         mdl,
         genes="all" if isinstance(genes, str) and genes == "all" else [i["query"] for i in info],

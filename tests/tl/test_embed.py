@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -112,3 +113,33 @@ def test_embed_genes_static_and_contextual(small_pbmc, default_model):
         ids = torch.from_numpy(tokens[cell : cell + 1, :L].astype(np.int64))
         h = default_model.encoder(ids, torch.ones_like(ids, dtype=torch.bool), -2)[0, pos].numpy()
     np.testing.assert_allclose(c[j], h, atol=1e-5)
+
+
+def test_embed_and_perturb_read_a_token_store(pbmc_full, default_model, tmp_path, monkeypatch):
+    from mixgf.tl import _utils
+
+    a = pbmc_full[:40].copy()
+    mgf.pp.rank_tokenize(a, gene_id_key="gene_id", max_len=256)
+    mgf.tl.embed(a)
+    s = pbmc_full[:40].copy()
+    mgf.pp.rank_tokenize(s, gene_id_key="gene_id", max_len=256, store=tmp_path / "pbmc.tokens.zarr")
+    assert "mixgf_tokens" not in s.obsm and "store" in s.uns["mixgf_tokens"]
+    tokens, lengths = _utils.get_tokens(s, default_model, "mixgf_tokens")
+    np.testing.assert_array_equal(tokens, a.obsm["mixgf_tokens"])
+    np.testing.assert_array_equal(lengths, a.obs["mixgf_tokens_n_tokens"])
+    monkeypatch.setattr(_utils, "STORE_CHUNK_TOKENS", 256 * 7)  # streamed in blocks of 7 cells
+    mgf.tl.embed(s)
+    np.testing.assert_allclose(s.obsm["X_mixgf"], a.obsm["X_mixgf"], atol=1e-5)
+    assert "mixgf_tokens" not in s.obsm  # nothing was tokenized again
+    # a subset of the stored cells, reordered, reads its own rows of the store
+    sub = s[[30, 2, 17]].copy()
+    mgf.tl.embed(sub)
+    np.testing.assert_allclose(sub.obsm["X_mixgf"], a.obsm["X_mixgf"][[30, 2, 17]], atol=1e-5)
+    # perturbation reads the selected cells' rows; same result as from obsm
+    kw = {"genes": ["B2M", "CD74"], "cells": np.arange(12), "test": "none", "inplace": False}
+    pd.testing.assert_frame_equal(mgf.tl.perturb(s, **kw), mgf.tl.perturb(a, **kw), atol=1e-6)
+    # cells that are not in the store are refused, naming the fix
+    other = pbmc_full[40:45].copy()
+    other.uns["mixgf_tokens"] = dict(s.uns["mixgf_tokens"])
+    with pytest.raises(ValueError, match="not in the store"):
+        mgf.tl.embed(other)

@@ -15,6 +15,8 @@ Main entry points
 :func:`embed_tokens`
     Tokenised cells -> ``[N, H]`` float32 embeddings (length-sorted token-budget batches,
     out-of-memory back-off).
+:func:`partition_cells`, :func:`all_gather_rows`, :func:`rank_device`
+    Multi-process (``torchrun``) inference: share out cells, gather results in cell order, one GPU per rank.
 :func:`import_hf_bert`
     Import Geneformer / Mouse-Geneformer / Mix-Geneformer checkpoints.
 :func:`save_model_dir`, :func:`load_model_dir`
@@ -44,6 +46,16 @@ from ._checkpoint import (
 )
 from ._classifier import ClassifierHead, FinetuneConfig, finetune_classifier, fit_temperature, predict_logits
 from ._config import SUPPORTED_ACTIVATIONS, EncoderConfig
+from ._distributed import (
+    all_gather_rows,
+    all_reduce_scalar,
+    is_distributed,
+    local_share,
+    partition_cells,
+    rank_device,
+    rank_world,
+    use_distributed,
+)
 from ._encoder import (
     BertEncoderModel,
     EncoderLayer,
@@ -75,6 +87,8 @@ __all__ = [
     "PerturbationResult",
     "PretrainConfig",
     "TokenCorpus",
+    "all_gather_rows",
+    "all_reduce_scalar",
     "check_state_dict",
     "describe",
     "embed_tokens",
@@ -85,23 +99,29 @@ __all__ = [
     "hf_to_mixgf_state_dict",
     "import_hf_bert",
     "info_nce",
+    "is_distributed",
     "latest_checkpoint",
     "load_model_dir",
+    "local_share",
     "make_batches",
     "mask_tokens",
     "mean_pool",
     "packed_position_ids",
+    "partition_cells",
     "perturb_cell",
     "perturbation_shifts",
     "pool_packed",
     "pool_padded",
     "predict_logits",
     "pretrain_encoder",
+    "rank_device",
+    "rank_world",
     "resolve_device",
     "resolve_dtype",
     "resolve_layer",
     "save_model_dir",
     "token_state_means",
+    "use_distributed",
     "varlen_available",
     "verify_model_dir",
 ]

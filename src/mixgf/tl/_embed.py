@@ -10,7 +10,7 @@ import pandas as pd
 from .. import _logging as logg
 from .._keys import EMBEDDING_KEY, TOKENS_KEY
 from .._settings import settings
-from ._utils import get_tokens, prepare_target, resolve_model, uns_key
+from ._utils import get_tokens, prepare_target, resolve_model, token_source, uns_key
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -37,6 +37,14 @@ def _params(model: MixGeneformer, **kw) -> dict:
     }
 
 
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="cell", desc="embedding")
+
+
 def embed(
     adata: AnnData,
     *,
@@ -47,6 +55,7 @@ def embed(
     device: str | None = None,
     dtype: str | None = None,
     token_budget: int | None = None,
+    distributed: bool | None = None,
     key_added: str = EMBEDDING_KEY,
     copy: bool = False,
 ) -> AnnData | None:
@@ -55,6 +64,16 @@ def embed(
     Cells are batched by a token budget (not a cell count) in length order; on CUDA the batch is packed into one
     token stream with variable-length attention in bf16 (pooling in fp32), on CPU it runs fp32 attention over
     length-bucketed batches. A cell's embedding does not depend on the other cells in its batch.
+
+    Tokens written to a token store (``mgf.pp.rank_tokenize(adata, store=...)``) are streamed from disk in blocks
+    of cells, so the padded token matrix of all cells is never held in memory.
+
+    **Several GPUs or processes.** Started with ``torchrun --nproc-per-node N script.py``, where the script calls
+    ``torch.distributed.init_process_group()`` (backend ``"nccl"`` on GPUs, ``"gloo"`` on CPUs) before
+    ``mgf.tl.embed(adata)``, every process (rank) embeds a contiguous, token-balanced share of the cells on its own
+    device (``cuda:LOCAL_RANK``), and the shares are gathered so that every rank ends with the same full
+    ``obsm[key_added]`` in the original cell order. Each cell is embedded exactly once. Every rank must call
+    ``embed`` with the same ``adata`` and arguments.
 
     Parameters
     ----------
@@ -77,6 +96,10 @@ def embed(
         Compute dtype; `None` = bf16 on CUDA, fp32 on CPU.
     token_budget
         Tokens per batch; halved automatically when the GPU runs out of memory.
+    distributed
+        Share the cells between the processes of a :mod:`torch.distributed` process group and gather the
+        embeddings on every rank. `None` (default): on when a process group with more than one process is
+        initialised (e.g. under ``torchrun``); `False`: every process embeds every cell.
     key_added
         ``obsm`` key of the embedding; the parameters go to ``uns[key_added without "X_"]``.
     copy
@@ -89,7 +112,8 @@ def embed(
     ``adata.obsm[key_added]`` : `numpy.ndarray` (float32, cells × hidden size)
         Cell embeddings (NaN rows for cells without gene tokens).
     ``adata.uns["mixgf"]["params"]`` : dict
-        Model name and weights sha256, vocabulary sha256, layer, pooling, device, dtype, mixgf version.
+        Model name and weights sha256, vocabulary sha256, layer, pooling, device, dtype, number of processes
+        (``world_size``), mixgf version.
 
     Examples
     --------
@@ -100,34 +124,69 @@ def embed(
     >>> adata.obsm["X_mixgf"].shape
     (200, 128)
     """
-    from ..model import embed_tokens, resolve_device, resolve_dtype
+    from ..model import (
+        all_gather_rows,
+        embed_tokens,
+        partition_cells,
+        rank_device,
+        rank_world,
+        resolve_dtype,
+        use_distributed,
+    )
 
     mdl = resolve_model(model)
-    dev = resolve_device(settings.device if device is None else device)
+    rank, world = rank_world() if use_distributed(distributed) else (0, 1)
+    dev = rank_device(settings.device if device is None else device)
     if pooling == "cls" and not mdl.vocab.rules.add_cls:
         msg = f"pooling='cls' needs tokens that start with <cls>; the rules of vocabulary {mdl.vocab.name!r} add none."
         raise ValueError(msg)
     target = prepare_target(adata, copy=copy)
-    tokens, lengths = get_tokens(target, mdl, tokens_key)
-    t0 = logg.info(f"embedding {target.n_obs:,} cells with model {mdl.name!r} on {dev}")
-    out = np.full((target.n_obs, mdl.config.hidden_size), np.nan, dtype=np.float32)
+    src = token_source(target, mdl, tokens_key)
+    lengths = src.lengths
+    where = "" if world == 1 else f" ({world} processes)"
+    t0 = logg.info(f"embedding {target.n_obs:,} cells with model {mdl.name!r} on {dev}{where}")
+    hidden = mdl.config.hidden_size
     n_special = int(mdl.vocab.rules.add_cls) + int(mdl.vocab.rules.add_eos)
     has_genes = lengths > n_special
-    if has_genes.any():
-        idx = np.flatnonzero(has_genes)
-        out[idx] = embed_tokens(
-            mdl.encoder,
-            tokens[idx],
-            lengths[idx],
-            layer=layer,
-            pooling=pooling,
-            special_ids=[int(i) for i in mdl.vocab.special_ids],
-            cls_id=mdl.vocab.id_of("cls") if pooling == "cls" else None,
-            device=dev,
-            dtype=dtype,
-            token_budget=token_budget,
-            progress=settings.progress_bar,
-        )
+    emb_kw = {
+        "layer": layer,
+        "pooling": pooling,
+        "special_ids": [int(i) for i in mdl.vocab.special_ids],
+        "cls_id": mdl.vocab.id_of("cls") if pooling == "cls" else None,
+        "device": dev,
+        "dtype": dtype,
+        "token_budget": token_budget,
+    }
+    # this rank's cells: a contiguous range, balanced by tokens (all cells in a single process)
+    share = partition_cells(target.n_obs, world, weights=np.where(has_genes, lengths, 0))[rank]
+    idx = share[has_genes[share]]
+    local = np.empty((idx.shape[0], hidden), dtype=np.float32)
+    progress = settings.progress_bar and rank == 0
+    if idx.size and src.in_memory:
+        local[:] = embed_tokens(mdl.encoder, src.tokens[idx], lengths[idx], progress=progress, **emb_kw)
+    elif idx.size:
+        # token store: read and embed blocks of consecutive cells, never the whole padded matrix
+        step = src.chunk_cells()
+        bar = _progress_bar(idx.shape[0], progress)
+        done = 0
+        for a in range(int(share[0]), int(share[-1]) + 1, step):
+            b = min(a + step, int(share[-1]) + 1)
+            keep = has_genes[a:b]
+            if not keep.any():
+                continue
+            block = src.block(a, b)[keep]
+            k = int(keep.sum())
+            local[done : done + k] = embed_tokens(mdl.encoder, block, lengths[a:b][keep], **emb_kw)
+            done += k
+            if bar is not None:
+                bar.update(k)
+        if bar is not None:
+            bar.close()
+    if world == 1:  # also under torchrun with distributed=False: this process's cells only, nothing to gather
+        out = np.full((target.n_obs, hidden), np.nan, dtype=np.float32)
+        out[idx] = local
+    else:
+        out = all_gather_rows(local, idx, target.n_obs)
     if (~has_genes).any():
         logg.warn(
             f"{int((~has_genes).sum())} cells have no gene token (e.g. {target.obs_names[~has_genes][:5].tolist()}); "
@@ -140,9 +199,10 @@ def embed(
             tokens_key=tokens_key,
             layer=layer,
             pooling=pooling,
-            device=str(dev),
+            device=str(dev) if world == 1 else dev.type,
             dtype=str(resolve_dtype(dtype, dev)).removeprefix("torch."),
             token_budget=token_budget,
+            world_size=world,
         )
     }
     logg.info(f"    added {key_added!r} (adata.obsm), {uns_key(key_added)!r} (adata.uns)", start=t0)

@@ -14,7 +14,7 @@ from .. import _logging as logg
 from .._keys import TOKENS_KEY
 from .._settings import settings
 from ._embed import _params
-from ._utils import get_tokens, prepare_target, resolve_model
+from ._utils import TokenSource, prepare_target, resolve_model, store_path, token_source
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -365,6 +365,68 @@ def _bh(p: np.ndarray) -> np.ndarray:
     return out
 
 
+# -- model work shared between processes ----------------------------------------------------------------------------
+def _embed_shared(
+    encoder: Any, src: TokenSource, idx: np.ndarray, rank: int, world: int, emb_kw: dict[str, Any]
+) -> np.ndarray:
+    """Embeddings of the cells ``idx`` (in that order); with ``world > 1`` each rank embeds a share, all get all."""
+    from ..model import all_gather_rows, embed_tokens, partition_cells
+
+    lengths = src.lengths[idx]
+    share = partition_cells(idx.shape[0], world, weights=lengths)[rank]
+    hidden = int(encoder.config.hidden_size)
+    local = np.empty((0, hidden), dtype=np.float32)
+    if share.size:
+        local = embed_tokens(encoder, src.take(idx[share]), lengths[share], **emb_kw)
+    if world == 1:
+        return local
+    return all_gather_rows(local, share, idx.shape[0])
+
+
+def _shifts_shared(
+    encoder: Any,
+    tokens: np.ndarray,
+    lengths: np.ndarray,
+    sets: list[np.ndarray],
+    rank: int,
+    world: int,
+    *,
+    applicable: np.ndarray,
+    return_embeddings: bool,
+    **kw: Any,
+) -> Any:
+    """:func:`mixgf.model.perturbation_shifts`, shared between ``world`` processes.
+
+    With ``world > 1`` each rank perturbs a contiguous share of the cells, balanced by the tokens it embeds (cell
+    length times one plus its number of perturbed copies), and every rank gathers every cell's results.
+    """
+    from ..model import PerturbationResult, all_gather_rows, all_reduce_scalar, partition_cells, perturbation_shifts
+
+    if world == 1:
+        return perturbation_shifts(
+            encoder, tokens, lengths, sets, applicable=applicable, return_embeddings=return_embeddings, **kw
+        )
+    cost = lengths.astype(np.float64) * (1.0 + applicable.sum(axis=1))
+    share = partition_cells(tokens.shape[0], world, weights=cost)[rank]
+    res = perturbation_shifts(
+        encoder,
+        tokens[share],
+        lengths[share],
+        sets,
+        applicable=applicable[share],
+        return_embeddings=return_embeddings,
+        **kw,
+    )
+    n = tokens.shape[0]
+    perturbed = all_gather_rows(res.perturbed, share, n) if return_embeddings else None
+    return PerturbationResult(
+        shifts=all_gather_rows(res.shifts, share, n),
+        original=all_gather_rows(res.original, share, n),
+        perturbed=perturbed,
+        n_copies=int(all_reduce_scalar(res.n_copies, "sum")),
+    )
+
+
 # -- the tool --------------------------------------------------------------------------------------------------------
 def perturb(
     adata: AnnData,
@@ -387,6 +449,7 @@ def perturb(
     device: str | None = None,
     dtype: str | None = None,
     token_budget: int | None = None,
+    distributed: bool | None = None,
     store_embeddings: bool = False,
     seed: int = 0,
     key_added: str = PERTURB_KEY,
@@ -474,6 +537,13 @@ def perturb(
         Matched control genes per tested gene (``test="matched"``).
     device, dtype, token_budget
         As in :func:`mixgf.tl.embed`.
+    distributed
+        Share the model work between the processes of a :mod:`torch.distributed` process group (``torchrun``; see
+        :func:`mixgf.tl.embed`): each rank embeds a token-balanced share of the selected cells, their perturbed
+        copies and the goal cells on its own device; the per-cell results are gathered, and every rank computes the
+        same controls and statistics and returns (writes) the same result as a single process would. Every rank
+        must call ``perturb`` with the same ``adata`` and arguments. `None` (default): on when a process group with
+        more than one process is initialised; `False`: every process does all the work.
     store_embeddings
         Also keep the original and every perturbed embedding (``uns[key_added]["perturbed_embeddings"]``: selected
         cells × genes × hidden).
@@ -512,7 +582,13 @@ def perturb(
     ['gene', 'ensembl_id', 'species', 'mode', 'n_cells', 'shift_mean']
     """
     from .._cellclassifier import CellClassifier
-    from ..model import embed_tokens, perturbation_shifts, resolve_device, resolve_dtype
+    from ..model import (
+        all_reduce_scalar,
+        rank_device,
+        rank_world,
+        resolve_dtype,
+        use_distributed,
+    )
     from ..model._perturb import _check_mode
 
     t_start = time.perf_counter()
@@ -529,14 +605,16 @@ def perturb(
     else:
         mdl = resolve_model(model)
     layer = DEFAULT_PERTURB_LAYER if layer is None else int(layer)
-    dev = resolve_device(settings.device if device is None else device)
+    rank, world = rank_world() if use_distributed(distributed) else (0, 1)
+    dev = rank_device(settings.device if device is None else device)
     if inplace:
         target = prepare_target(adata, copy=copy)
-    elif tokens_key in adata.obsm:
+    elif tokens_key in adata.obsm or store_path(adata, tokens_key) is not None:
         target = adata  # only read
     else:
         target = adata.copy()  # tokens computed on the fly go to a copy: adata stays untouched
-    tokens, lengths = get_tokens(target, mdl, tokens_key)
+    src = token_source(target, mdl, tokens_key)  # obsm, or a token store (only the cells needed are read)
+    lengths = src.lengths
     species = str(target.uns[tokens_key]["params"]["species"])
     vocab = mdl.vocab
     n_front, n_back = int(vocab.rules.add_cls), int(vocab.rules.add_eos)
@@ -560,7 +638,7 @@ def perturb(
     rng = np.random.default_rng(seed)
     if max_cells is not None and sel.shape[0] > max_cells:
         sel = np.sort(rng.choice(sel, int(max_cells), replace=False))
-    sel_tokens = np.asarray(tokens[sel]).astype(np.int64)
+    sel_tokens = np.asarray(src.take(sel)).astype(np.int64)
     sel_lengths = lengths[sel]
 
     # genes
@@ -653,13 +731,15 @@ def perturb(
         if gidx.shape[0] > max_goal_cells:
             gidx = np.sort(rng.choice(gidx, max_goal_cells, replace=False))
         n_goal = int(gidx.shape[0])
-        centroid = embed_tokens(mdl.encoder, np.asarray(tokens[gidx]), lengths[gidx], **emb_kw).mean(axis=0)
+        centroid = _embed_shared(mdl.encoder, src, gidx, rank, world, emb_kw).mean(axis=0)
 
-    res = perturbation_shifts(
+    res = _shifts_shared(
         mdl.encoder,
         sel_tokens,
         sel_lengths,
         all_sets,
+        rank,
+        world,
         mode=mode,
         applicable=want,
         goal=centroid,
@@ -668,7 +748,7 @@ def perturb(
         n_front=n_front,
         n_back=n_back,
         return_embeddings=store_embeddings,
-        progress=settings.progress_bar,
+        progress=settings.progress_bar and rank == 0,
         **emb_kw,
     )
     shifts = res.shifts
@@ -725,6 +805,9 @@ def perturb(
     df = df.iloc[order].set_index(pd.Index(df["gene"].to_numpy()[order], name=None))
 
     n_perturbed = int((~np.isnan(shifts[:, :n_tested])).any(axis=1).sum())
+    elapsed = time.perf_counter() - t_start
+    if world > 1:
+        elapsed = all_reduce_scalar(elapsed, "max")  # the same params on every rank
     params = _params(
         mdl,
         genes="all" if isinstance(genes, str) and genes == "all" else [i["query"] for i in info],
@@ -745,10 +828,11 @@ def perturb(
         n_copies=res.n_copies,
         max_cells=max_cells,
         seed=seed,
-        device=str(dev),
+        device=str(dev) if world == 1 else dev.type,
         dtype=str(resolve_dtype(dtype, dev)).removeprefix("torch."),
         token_budget=token_budget,
-        seconds=round(time.perf_counter() - t_start, 3),
+        world_size=world,
+        seconds=round(elapsed, 3),
     )
     logg.info(f"    {res.n_copies:,} perturbed copies embedded", start=t0)
     if not inplace:

@@ -24,9 +24,140 @@ def resolve_model(model: Any, device: str | None = None) -> MixGeneformer:
     return MixGeneformer.load(model)
 
 
-def get_tokens(adata: AnnData, model: MixGeneformer, tokens_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens and lengths of every cell; tokenizes with the model's vocabulary when they are missing."""
+STORE_CHUNK_TOKENS = 1 << 24
+"""Padded tokens read from a token store at a time by the streaming tools (bounds host memory)."""
+
+
+class TokenSource:
+    """The tokens of an AnnData's cells: an in-memory ``obsm`` matrix or an on-disk token store.
+
+    Positions are the AnnData's cell positions. With a store, only the requested cells are read.
+    """
+
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        pad_id: int,
+        *,
+        tokens: np.ndarray | None = None,
+        store: Any = None,
+        rows: np.ndarray | None = None,
+    ) -> None:
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.pad_id = int(pad_id)
+        self.tokens = tokens
+        self.store = store
+        self._rows = rows  # store row of each cell; None: cell i is store row i
+
+    @property
+    def n_obs(self) -> int:
+        """Number of cells."""
+        return int(self.lengths.shape[0])
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the tokens are an in-memory matrix (``obsm``)."""
+        return self.tokens is not None
+
+    def chunk_cells(self, max_tokens: int | None = None) -> int:
+        """Cells per block such that a padded block holds at most about ``max_tokens`` tokens.
+
+        `None`: :data:`STORE_CHUNK_TOKENS`.
+        """
+        budget = STORE_CHUNK_TOKENS if max_tokens is None else int(max_tokens)
+        longest = int(self.lengths.max(initial=1))
+        return max(1, budget // max(longest, 1))
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """Padded tokens of cells ``start:stop``."""
+        if self.tokens is not None:
+            return np.asarray(self.tokens[start:stop])
+        if self._rows is None:
+            return self.store.padded(start, stop)[0]
+        return self.take(np.arange(start, stop))
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Padded tokens of the cells at positions ``idx`` (in that order)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if self.tokens is not None:
+            return np.asarray(self.tokens[idx])
+        rows = idx if self._rows is None else self._rows[idx]
+        seqs = self.store.rows(rows)
+        width = max((s.shape[0] for s in seqs), default=1)
+        out = np.full((len(seqs), max(width, 1)), self.pad_id, dtype=self.store.dtype)
+        for i, s in enumerate(seqs):
+            out[i, : s.shape[0]] = s
+        return out
+
+    def all(self) -> np.ndarray:
+        """Padded tokens of every cell (the whole matrix: for a store, prefer :meth:`block` over ranges)."""
+        if self.tokens is not None:
+            return self.tokens
+        return self.block(0, self.n_obs)
+
+
+def store_path(adata: AnnData, tokens_key: str) -> str | None:
+    """The token store named by ``adata.uns[tokens_key]["store"]`` when ``adata.obsm`` holds no tokens there."""
+    if tokens_key in adata.obsm:
+        return None
+    entry = adata.uns.get(tokens_key)
+    path = entry.get("store") if isinstance(entry, dict) else None
+    return str(path) if path else None
+
+
+def _vocab_error(where: str, params: dict, model: MixGeneformer) -> ValueError:
+    msg = (
+        f"{where} was tokenized with vocabulary {params.get('vocab')!r} "
+        f"(sha256 {str(params.get('vocab_sha256'))[:12]}…), but model {model.name!r} uses vocabulary "
+        f"{model.vocab.name!r} (sha256 {model.vocab.sha256[:12]}…): token ids would mean different genes. Re-run "
+        f"`mgf.pp.rank_tokenize(adata, vocab=model.vocab, key_added=...)` with the model's vocabulary."
+    )
+    return ValueError(msg)
+
+
+def _open_store(adata: AnnData, model: MixGeneformer, tokens_key: str, path: str) -> TokenSource:
+    import pandas as pd
+
+    from ..pp import TokenStore
+
+    store = TokenStore.open(path)
+    where = f"The token store {path!r} (adata.uns[{tokens_key!r}]['store'])"
+    sha = store.params.get("vocab_sha256")
+    if sha is not None and sha != model.vocab.sha256:
+        raise _vocab_error(where, store.params, model)
+    names = pd.Index(adata.obs_names)
+    stored = pd.Index(store.obs_names)
+    rows = None
+    if not names.equals(stored):
+        ok = names.is_unique and stored.is_unique
+        rows = stored.get_indexer(names) if ok else None
+        if rows is None or (rows < 0).any():
+            missing = names[rows < 0][:3].tolist() if rows is not None else []
+            msg = (
+                f"{where} holds {store.n_cells:,} cells that do not match the {adata.n_obs:,} cells of adata"
+                + (f" (e.g. {missing} are not in the store)" if missing else " (obs names are not unique)")
+                + ". Tokenize this AnnData again (`mgf.pp.rank_tokenize(adata, store=..., overwrite=True)`) or "
+                "subset it only after tokenizing into the store."
+            )
+            raise ValueError(msg)
+        if np.array_equal(rows, np.arange(store.n_cells)):
+            rows = None
+    lengths = store.lengths if rows is None else store.lengths[rows]
+    pad_id = int(store.params.get("pad_id", model.vocab.id_of("pad")))
+    return TokenSource(lengths, pad_id, store=store, rows=rows)
+
+
+def token_source(adata: AnnData, model: MixGeneformer, tokens_key: str) -> TokenSource:
+    """Where the tokens of every cell are.
+
+    ``adata.obsm[tokens_key]``, or the token store named in ``adata.uns[tokens_key]["store"]`` (its vocabulary and
+    cells checked against the model and ``adata``); tokenizes with the model's vocabulary (into ``obsm``) when
+    neither exists.
+    """
     n_key, _ = tokens_obs_keys(tokens_key)
+    path = store_path(adata, tokens_key)
+    if path is not None:
+        return _open_store(adata, model, tokens_key, path)
     if tokens_key not in adata.obsm:
         from ..pp import rank_tokenize
 
@@ -35,22 +166,27 @@ def get_tokens(adata: AnnData, model: MixGeneformer, tokens_key: str) -> tuple[n
     params = adata.uns.get(tokens_key, {}).get("params", {})
     sha = params.get("vocab_sha256")
     if sha is not None and sha != model.vocab.sha256:
-        msg = (
-            f"adata.obsm[{tokens_key!r}] was tokenized with vocabulary {params.get('vocab')!r} "
-            f"(sha256 {str(sha)[:12]}…), but model {model.name!r} uses vocabulary {model.vocab.name!r} "
-            f"(sha256 {model.vocab.sha256[:12]}…): token ids would mean different genes. Re-run "
-            f"`mgf.pp.rank_tokenize(adata, vocab=model.vocab, key_added=...)` with the model's vocabulary."
-        )
-        raise ValueError(msg)
+        where = f"adata.obsm[{tokens_key!r}]"
+        raise _vocab_error(where, params, model)
     tokens = np.asarray(adata.obsm[tokens_key])
+    pad = model.vocab.id_of("pad")
     if n_key in adata.obs:
         lengths = adata.obs[n_key].to_numpy().astype(np.int64)
     else:
-        lengths = (tokens != model.vocab.id_of("pad")).sum(axis=1).astype(np.int64)
+        lengths = (tokens != pad).sum(axis=1).astype(np.int64)
     if tokens.max(initial=0) >= len(model.vocab):
         msg = f"adata.obsm[{tokens_key!r}] holds token ids beyond the vocabulary of model {model.name!r}."
         raise ValueError(msg)
-    return tokens, lengths
+    return TokenSource(lengths, pad, tokens=tokens)
+
+
+def get_tokens(adata: AnnData, model: MixGeneformer, tokens_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and lengths of every cell; tokenizes with the model's vocabulary when they are missing.
+
+    Reads ``adata.obsm[tokens_key]``, or the whole token store named in ``adata.uns[tokens_key]["store"]``.
+    """
+    src = token_source(adata, model, tokens_key)
+    return src.all(), src.lengths
 
 
 def uns_key(key_added: str) -> str:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._pretrained import MixGeneformer
     from .genes import Vocabulary
     from .model import EncoderConfig, PretrainConfig
+    from .pp import TokenStore
 
 DEFAULT_ARCHITECTURE: dict[str, Any] = {
     "hidden_size": 256,
@@ -34,6 +35,51 @@ DEFAULT_ARCHITECTURE: dict[str, Any] = {
     "attention_probs_dropout_prob": 0.1,
 }
 """Mix-Geneformer's architecture (6 layers, hidden 256, 4 heads, FFN 512, SiLU, dropout 0.1)."""
+
+
+class StoreRows:
+    """Row source (:class:`mixgf.model.RowSource`) over some cells of a token store, read on demand.
+
+    Parameters
+    ----------
+    store
+        The token store.
+    cells
+        Positions of the cells to train on, in store order.
+    """
+
+    def __init__(self, store: TokenStore, cells: np.ndarray) -> None:
+        self.store = store
+        self.cells = np.asarray(cells, dtype=np.int64)
+        self.lengths = store.lengths[self.cells]
+
+    def rows(self, idx: np.ndarray) -> list[np.ndarray]:
+        """Tokens of cells ``idx`` (positions among ``cells``)."""
+        return self.store.rows(self.cells[np.asarray(idx, dtype=np.int64)])
+
+
+def _store_entry(entry: Any) -> tuple[TokenStore, dict[str, Any]] | None:
+    """A token store corpus entry (a TokenStore, a store directory, or ``{"store": path, ...}``), opened; else None."""
+    from .pp import TokenStore
+
+    if isinstance(entry, TokenStore):
+        return entry, {}
+    if isinstance(entry, Mapping):
+        if "store" not in entry:
+            return None
+        spec = dict(entry)
+        store = spec.pop("store")
+        return (store if isinstance(store, TokenStore) else TokenStore.open(store)), spec
+    if isinstance(entry, str | Path) and Path(entry).is_dir():  # .h5ad files are files; stores are directories
+        return TokenStore.open(entry), {}
+    return None
+
+
+def _store_label(store: TokenStore) -> str:
+    name = store.path.name
+    for suffix in (".zarr", ".tokens"):
+        name = name.removesuffix(suffix)
+    return name
 
 
 def _read(entry: AnnData | str | Path | Mapping[str, Any]) -> tuple[AnnData, dict[str, Any]]:
@@ -49,7 +95,10 @@ def _read(entry: AnnData | str | Path | Mapping[str, Any]) -> tuple[AnnData, dic
             raise TypeError(msg)
         return adata, spec
     if "path" not in spec:
-        msg = "A corpus entry given as a dict needs 'path' (an .h5ad file) or 'adata' (an AnnData)."
+        msg = (
+            "A corpus entry given as a dict needs 'path' (an .h5ad file), 'adata' (an AnnData) or 'store' (a token "
+            "store directory written by mgf.pp.rank_tokenize(..., store=...))."
+        )
         raise ValueError(msg)
     adata = ad.read_h5ad(spec["path"])
     if not adata.var_names.is_unique:
@@ -67,7 +116,7 @@ def split_holdout(n_obs: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def pretrain(
-    corpus: Sequence[AnnData | str | Path | Mapping[str, Any]],
+    corpus: Sequence[AnnData | TokenStore | str | Path | Mapping[str, Any]],
     *,
     out_dir: str | Path,
     vocab: Vocabulary | str | Path | None = None,
@@ -84,11 +133,19 @@ def pretrain(
     """Pre-train a Mix-Geneformer encoder: masked-gene modelling + SimCSE (+ cross-species alignment).
 
     Each corpus entry is an AnnData with raw counts (human or mouse) or an ``.h5ad`` path, or a dict
-    ``{"path": ... or "adata": ..., "gene_id_key": ..., "layer": ..., "name": ...}``. A seeded ``holdout_fraction`` of every
-    dataset is split off first and never trained on; its cell names are saved with the model
-    (``heldout.json``). Without a ``vocab``, one is built from the training cells with
-    :func:`mixgf.pp.build_vocabulary`, so the gene medians come from the training corpus (human medians from
-    Geneformer's 95M-cell corpus). Run under ``torchrun`` to train on several GPUs or nodes.
+    ``{"path": ... or "adata": ..., "gene_id_key": ..., "layer": ..., "name": ...}``, or a token store written by
+    :func:`mixgf.pp.rank_tokenize` with ``store=...`` (its directory, a :class:`mixgf.pp.TokenStore`, or
+    ``{"store": path, "name": ...}``). A seeded ``holdout_fraction`` of every dataset is split off first and never
+    trained on; its cell names are saved with the model (``heldout.json``). Without a ``vocab``, one is built from
+    the training cells with :func:`mixgf.pp.build_vocabulary`, so the gene medians come from the training corpus
+    (human medians from Geneformer's 95M-cell corpus). Run under ``torchrun`` to train on several GPUs or nodes.
+
+    AnnData entries are tokenized in memory. Token stores are streamed: only their per-cell lengths are held in
+    memory (the batch schedule needs nothing else) and the rows of upcoming batches are read from disk by a
+    :class:`torch.utils.data.DataLoader` (``train={"num_workers": ...}``, default 1 worker), so the corpus may be
+    larger than memory. Each store's species comes from its parameters, so a collection of human and mouse stores
+    trains the cross-species term as well. Training from stores gives the same weights as training from the same
+    tokens in memory.
 
     Parameters
     ----------
@@ -97,7 +154,9 @@ def pretrain(
     out_dir
         Output folder: ``checkpoints/step-…`` (resumable) and ``model/`` (the final mixgf model directory).
     vocab
-        A vocabulary (or preset / path); `None` builds one from the corpus.
+        A vocabulary (or preset / path); `None` builds one from the corpus, or, when the corpus holds token
+        stores, uses the vocabulary they were tokenized with. Every store must have been tokenized with the
+        training vocabulary (checked by its sha256).
     architecture
         Encoder settings (:class:`mixgf.model.EncoderConfig` fields); defaults to Mix-Geneformer's architecture
         (6 layers, hidden 256, 4 heads, FFN 512, SiLU, dropout 0.1).
@@ -122,65 +181,99 @@ def pretrain(
     -------
     mixgf.MixGeneformer
         The trained model (also saved in ``out_dir / "model"``).
+
+    Examples
+    --------
+    A tiny run on a human and a mouse token store (a real run trains far longer and a larger model):
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import mixgf as mgf
+    >>> tmp_dir = tempfile.TemporaryDirectory()
+    >>> tmp = Path(tmp_dir.name)
+    >>> human, mouse = mgf.datasets.pbmc3k()[:60].copy(), mgf.datasets.baron_mouse_pancreas()[:40].copy()
+    >>> mgf.pp.rank_tokenize(human, gene_id_key="gene_id", store=tmp / "human.tokens.zarr")
+    >>> mgf.pp.rank_tokenize(mouse, duplicates="sum", store=tmp / "mouse.tokens.zarr")
+    >>> model = mgf.pretrain(
+    ...     [tmp / "human.tokens.zarr", {"store": tmp / "mouse.tokens.zarr", "name": "pancreas"}],
+    ...     out_dir=tmp / "run",
+    ...     architecture={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+    ...     train={
+    ...         "steps": 2,
+    ...         "token_budget": 2048,
+    ...         "max_cells": 8,
+    ...         "train_max_len": 64,
+    ...         "warmup_steps": 1,
+    ...         "xspec_weight": 0.5,
+    ...         "num_workers": 0,
+    ...     },
+    ... )
+    >>> model.metadata["cells_per_species"]
+    {'human': 60, 'mouse': 40}
+    >>> tmp_dir.cleanup()
     """
     import torch
 
     from . import __version__
     from ._pretrained import MixGeneformer
     from ._settings import settings
-    from .genes import Vocabulary
     from .model import EncoderConfig, PretrainConfig, TokenCorpus, pretrain_encoder, resolve_device
-    from .pp import build_vocabulary, rank_tokenize
+    from .model._pretrain import ConcatRows, PaddedRows
+    from .pp import rank_tokenize
 
     out = Path(out_dir)
     t0 = logg.info(f"pre-training {name!r} on {len(corpus)} dataset(s)")
-    datasets, specs, heldout = [], [], {}
+    # each entry: ("adata", AnnData of the training cells, spec) or ("store", TokenStore, training cells, spec)
+    entries: list[tuple] = []
+    heldout = {}
     for i, entry in enumerate(corpus):
+        opened = _store_entry(entry)
+        if opened is not None:
+            store, spec = opened
+            label = spec.get("name") or _store_label(store)
+            hold = split_holdout(store.n_cells, holdout_fraction, holdout_seed + i)
+            heldout[label] = store.obs_names[hold].tolist()
+            entries.append(("store", store, np.flatnonzero(~hold & (store.lengths > 0)), {**spec, "name": label}))
+            continue
         adata, spec = _read(entry)
         label = spec.get("name") or (Path(spec["path"]).stem if "path" in spec else f"dataset_{i}")
         hold = split_holdout(adata.n_obs, holdout_fraction, holdout_seed + i)
         heldout[label] = adata.obs_names[hold].tolist()
-        datasets.append(adata[~hold].copy() if hold.any() else adata)
-        specs.append({**spec, "name": label})
-    keys = [s.get("gene_id_key") for s in specs]
-    if vocab is None:
-        from dataclasses import replace
+        entries.append(("adata", adata[~hold].copy() if hold.any() else adata, {**spec, "name": label}))
+    vocab = _corpus_vocab(vocab, entries, name=name, max_len=max_len)
 
-        from .genes import MIX_GENEFORMER_RULES
-
-        rules = MIX_GENEFORMER_RULES if max_len is None else replace(MIX_GENEFORMER_RULES, max_len=int(max_len))
-        vocab = build_vocabulary(datasets, gene_id_keys=keys, name=f"{name}-vocab", rules=rules)
-    vocab = Vocabulary.load(vocab)
-
-    rows, lengths, species, per_dataset = [], [], [], []
+    parts, lengths, species, per_dataset = [], [], [], []
     sp_code = {"human": 0, "mouse": 1}
-    for adata, spec in zip(datasets, specs):
-        tok = rank_tokenize(
-            adata, vocab=vocab, gene_id_key=spec.get("gene_id_key"), layer=spec.get("layer"),
-            duplicates=spec.get("duplicates", "sum"), copy=True,
-        )  # fmt: skip
-        params = tok.uns["mixgf_tokens"]["params"]
-        n = tok.obs["mixgf_tokens_n_tokens"].to_numpy()
-        keep = n > 0
-        rows.append(tok.obsm["mixgf_tokens"][keep])
-        lengths.append(n[keep])
-        species.append(np.full(int(keep.sum()), sp_code[params["species"]], dtype=np.int8))
-        per_dataset.append({"name": spec["name"], "species": params["species"], "cells": int(keep.sum())})
-    width = max(r.shape[1] for r in rows)
-    tokens = np.zeros((sum(r.shape[0] for r in rows), width), dtype=vocab.dtype)
-    o = 0
-    for r in rows:
-        tokens[o : o + r.shape[0], : r.shape[1]] = r
-        o += r.shape[0]
+    for kind, *rest in entries:
+        if kind == "store":  # rows stay on disk; only the lengths of the training cells are read
+            store, cells, spec = rest
+            part = StoreRows(store, cells)
+            sp_name = store.params["species"]
+        else:
+            adata, spec = rest
+            tok = rank_tokenize(
+                adata, vocab=vocab, gene_id_key=spec.get("gene_id_key"), layer=spec.get("layer"),
+                duplicates=spec.get("duplicates", "sum"), copy=True,
+            )  # fmt: skip
+            sp_name = tok.uns["mixgf_tokens"]["params"]["species"]
+            n = tok.obs["mixgf_tokens_n_tokens"].to_numpy()
+            keep = n > 0
+            part = PaddedRows(tok.obsm["mixgf_tokens"][keep], n[keep])
+            del tok
+        parts.append(part)
+        lengths.append(part.lengths)
+        species.append(np.full(len(part.lengths), sp_code[sp_name], dtype=np.int8))
+        per_dataset.append({"name": spec["name"], "species": sp_name, "cells": len(part.lengths)})
     to_other = np.full(len(vocab), -1, dtype=np.int64)
     hmap, mmap = vocab.ortholog_token_map("human"), vocab.ortholog_token_map("mouse")
     is_m = vocab.gene_species == "mouse"
     is_h = vocab.gene_species == "human"
     to_other[is_m] = hmap[is_m]
     to_other[is_h] = mmap[is_h]
+    rows = ConcatRows(parts)
     tc = TokenCorpus(
-        tokens=tokens,
-        lengths=np.concatenate(lengths),
+        tokens=rows,
+        lengths=rows.lengths,
         species=np.concatenate(species),
         pad_id=vocab.id_of("pad"),
         mask_id=vocab.id_of("mask"),
@@ -197,6 +290,16 @@ def pretrain(
     arch.setdefault("max_position_embeddings", vocab.rules.max_len)
     cfg = EncoderConfig.from_dict(arch)
     tcfg = train if isinstance(train, PretrainConfig) else PretrainConfig(**dict(train or {}))
+    longest = int(rows.lengths.max(initial=0))
+    if tcfg.train_max_len:
+        longest = min(longest, tcfg.train_max_len)
+    if longest > cfg.max_position_embeddings:
+        msg = (
+            f"the corpus has cells of {longest} tokens, more than the model's max_position_embeddings "
+            f"({cfg.max_position_embeddings}); set train={{'train_max_len': {cfg.max_position_embeddings}}} or a "
+            "larger architecture['max_position_embeddings']."
+        )
+        raise ValueError(msg)
     dev = resolve_device(settings.device if device is None else device)
     torch.manual_seed(tcfg.seed)
     from .model import BertEncoderModel
@@ -244,6 +347,44 @@ def pretrain(
         hist.to_csv(out / "history.csv", index=False)
     logg.info(f"    saved {out / 'model'}", start=t0)
     return model
+
+
+def _corpus_vocab(vocab, entries: list[tuple], *, name: str, max_len: int | None) -> Vocabulary:
+    """The vocabulary to train with: given, the token stores', or built from the AnnData entries."""
+    from .genes import Vocabulary
+    from .pp import build_vocabulary
+
+    stores = [e[1] for e in entries if e[0] == "store"]
+    if vocab is None and stores:  # stores were tokenized already: their vocabulary is the one
+        first = stores[0].params
+        try:
+            vocab = Vocabulary.load(first["vocab"])
+        except Exception as e:
+            msg = (
+                f"token store {str(stores[0].path)!r} was tokenized with vocabulary {first['vocab']!r}, which "
+                "cannot be loaded by that name; pass vocab=<that vocabulary> to mgf.pretrain."
+            )
+            raise ValueError(msg) from e
+    elif vocab is None:
+        from dataclasses import replace
+
+        from .genes import MIX_GENEFORMER_RULES
+
+        rules = MIX_GENEFORMER_RULES if max_len is None else replace(MIX_GENEFORMER_RULES, max_len=int(max_len))
+        adatas = [e[1] for e in entries]
+        keys = [e[2].get("gene_id_key") for e in entries]
+        return build_vocabulary(adatas, gene_id_keys=keys, name=f"{name}-vocab", rules=rules)
+    vocab = Vocabulary.load(vocab)
+    for store in stores:
+        if store.params.get("vocab_sha256") != vocab.sha256:
+            msg = (
+                f"token store {str(store.path)!r} was tokenized with vocabulary {store.params.get('vocab')!r} "
+                f"(sha256 {str(store.params.get('vocab_sha256'))[:12]}…), not with {vocab.name!r} "
+                f"(sha256 {vocab.sha256[:12]}…). Tokenize it again with the training vocabulary, or train with "
+                "the store's."
+            )
+            raise ValueError(msg)
+    return vocab
 
 
 def _hardware(dev) -> str:

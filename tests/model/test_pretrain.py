@@ -20,6 +20,7 @@ from mixgf.model import (
     mask_tokens,
     pretrain_encoder,
 )
+from mixgf.model._pretrain import ConcatRows, PaddedRows
 
 
 def _corpus(n=48, vocab=80, max_len=24, seed=0, with_orthologs=False):
@@ -115,3 +116,46 @@ def test_two_process_gloo_ranks_disjoint_and_identical(tmp_path):
     w0, w1 = (np.load(tmp_path / f"weights-{r}.npy") for r in (0, 1))
     np.testing.assert_array_equal(w0, w1)
     assert latest_checkpoint(tmp_path / "ckpt") is not None
+
+
+class _DiskLikeRows:
+    """A row source that is not in memory: ragged rows, read by position (as a token store is)."""
+
+    def __init__(self, tokens, lengths):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self._rows = [tokens[i, :n].copy() for i, n in enumerate(self.lengths)]
+
+    def rows(self, idx):
+        return [self._rows[i] for i in idx]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_row_source_gives_the_same_run_as_memory(tmp_path, workers):
+    mem = _corpus(with_orthologs=True)
+    cfg = PretrainConfig(steps=5, token_budget=300, max_cells=8, warmup_steps=2, log_every=100, xspec_weight=0.5,
+                         train_max_len=20, num_workers=workers, prefetch_batches=2)  # fmt: skip
+    a, h_a = pretrain_encoder(_model(), mem, cfg, out_dir=tmp_path / "a", device="cpu")
+    source = ConcatRows(
+        [_DiskLikeRows(mem.tokens[:20], mem.lengths[:20]), PaddedRows(mem.tokens[20:], mem.lengths[20:])]
+    )
+    assert not source.in_memory
+    streamed = TokenCorpus(source, mem.lengths, mem.species, 0, 1, mem.special_ids, mem.gene_ids, mem.ortholog_map)
+    b, h_b = pretrain_encoder(_model(), streamed, cfg, out_dir=tmp_path / "b", device="cpu")
+    assert [h["loss"] for h in h_a] == [h["loss"] for h in h_b] and "xspec" in h_b[0]
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_token_corpus_checks_its_tokens():
+    mem = _corpus()
+    with pytest.raises(ValueError, match=r"\[N, L\]"):
+        TokenCorpus(mem.tokens[:5], mem.lengths, mem.species, 0, 1, mem.special_ids, mem.gene_ids)
+    with pytest.raises(TypeError, match="row source"):
+        TokenCorpus([1, 2], mem.lengths, mem.species, 0, 1, mem.special_ids, mem.gene_ids)
+    with pytest.raises(ValueError, match="lengths differ"):
+        TokenCorpus(PaddedRows(mem.tokens, mem.lengths), mem.lengths + 1, mem.species, 0, 1, mem.special_ids,
+                    mem.gene_ids)  # fmt: skip
+    rows = ConcatRows([PaddedRows(mem.tokens[:10], mem.lengths[:10]), PaddedRows(mem.tokens[10:], mem.lengths[10:])])
+    got = rows.rows(np.array([30, 2, 11, 2]))
+    for i, r in zip([30, 2, 11, 2], got):
+        np.testing.assert_array_equal(r, mem.tokens[i, : mem.lengths[i]])

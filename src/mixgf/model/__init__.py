@@ -69,7 +69,15 @@ from ._genes import token_state_means
 from ._losses import info_nce, mask_tokens, mean_pool
 from ._perturb import PERTURB_MODES, PerturbationResult, perturb_cell, perturbation_shifts
 from ._pooling import gene_token_mask, pool_packed, pool_padded
-from ._pretrain import PretrainConfig, TokenCorpus, latest_checkpoint, pretrain_encoder
+from ._pretrain import (
+    ConcatRows,
+    PaddedRows,
+    PretrainConfig,
+    RowSource,
+    TokenCorpus,
+    latest_checkpoint,
+    pretrain_encoder,
+)
 
 __all__ = [
     "DEFAULT_TOKEN_BUDGET_CPU",
@@ -79,13 +87,16 @@ __all__ = [
     "SUPPORTED_ACTIVATIONS",
     "BertEncoderModel",
     "ClassifierHead",
+    "ConcatRows",
     "EncoderConfig",
     "EncoderLayer",
     "FinetuneConfig",
     "LoadedModel",
     "MLMHead",
+    "PaddedRows",
     "PerturbationResult",
     "PretrainConfig",
+    "RowSource",
     "TokenCorpus",
     "all_gather_rows",
     "all_reduce_scalar",

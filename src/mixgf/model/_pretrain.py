@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -27,9 +27,20 @@ from ._checkpoint import load_model_dir, save_model_dir
 from ._encoder import BertEncoderModel
 from ._losses import info_nce, mask_tokens, segment_mean
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
 logger = logging.getLogger("mixgf")
 
-__all__ = ["PretrainConfig", "TokenCorpus", "latest_checkpoint", "pretrain_encoder"]
+__all__ = [
+    "ConcatRows",
+    "PaddedRows",
+    "PretrainConfig",
+    "RowSource",
+    "TokenCorpus",
+    "latest_checkpoint",
+    "pretrain_encoder",
+]
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
@@ -73,6 +84,19 @@ class PretrainConfig:
         Logging and checkpoint intervals in steps (``checkpoint_every=0``: only at the end).
     keep_checkpoints
         How many step checkpoints to keep.
+    num_workers
+        Processes of the :class:`torch.utils.data.DataLoader` that reads the rows of upcoming batches from the
+        corpus's row source; `None`: 0 (in the training process) for tokens in memory, 1 for sources that read
+        from disk (token stores). Workers only change where rows are read, never which: results are identical.
+    prefetch_batches
+        Batches each worker reads ahead (``prefetch_factor`` of the data loader; used with ``num_workers > 0``).
+
+    Examples
+    --------
+    >>> from mixgf.model import PretrainConfig
+    >>> cfg = PretrainConfig(steps=10_000, token_budget=32_768, xspec_weight=0.5, num_workers=2)
+    >>> cfg.to_dict()["xspec_weight"], cfg.lr
+    (0.5, 0.001)
     """
 
     steps: int = 1000
@@ -99,9 +123,14 @@ class PretrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
+    num_workers: int | None = None
+    prefetch_batches: int = 4
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        if (self.num_workers is not None and self.num_workers < 0) or self.prefetch_batches < 1:
+            msg = "num_workers must be >= 0 (or None) and prefetch_batches >= 1."
+            raise ValueError(msg)
         if self.steps < 1 or self.token_budget < 1 or self.max_cells < 2:
             msg = "steps and token_budget must be positive and max_cells at least 2."
             raise ValueError(msg)
@@ -117,14 +146,119 @@ class PretrainConfig:
         return asdict(self)
 
 
+@runtime_checkable
+class RowSource(Protocol):
+    """Where the trainer reads token rows from: per-cell ``lengths`` in memory, rows fetched by position.
+
+    Anything with these two members is a row source: :class:`PaddedRows` (a padded matrix in memory),
+    :class:`ConcatRows` (several sources one after the other), or an on-disk token store reader
+    (:class:`mixgf.pp.TokenStore` has both). The batch schedule needs only ``lengths``; rows are read batch by
+    batch, in a :class:`torch.utils.data.DataLoader` (see :attr:`PretrainConfig.num_workers`), so a corpus larger
+    than memory can be trained on. A source is sent to the loader's worker processes, so it must be picklable
+    (or the platform must fork).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixgf.model import PaddedRows, RowSource
+    >>> source = PaddedRows(np.array([[5, 6, 0], [7, 0, 0]]), np.array([2, 1]))
+    >>> isinstance(source, RowSource)
+    True
+    >>> [r.tolist() for r in source.rows([1, 0])]
+    [[7], [5, 6]]
+    """
+
+    lengths: np.ndarray
+
+    def rows(self, idx: np.ndarray) -> Sequence[np.ndarray]:
+        """1-D token arrays of the cells ``idx``, in that order (each at least ``lengths[i]`` long)."""
+        ...
+
+
+class PaddedRows:
+    """A :class:`RowSource` over right-padded tokens ``[N, L]`` in memory.
+
+    Parameters
+    ----------
+    tokens
+        ``[N, L]`` token ids.
+    lengths
+        ``[N]`` tokens per cell.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixgf.model import PaddedRows
+    >>> source = PaddedRows(np.array([[5, 6, 0], [7, 0, 0]]), np.array([2, 1]))
+    >>> [r.tolist() for r in source.rows([0, 1, 0])]
+    [[5, 6], [7], [5, 6]]
+    """
+
+    in_memory = True
+
+    def __init__(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        self.tokens = tokens
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        if tokens.ndim != 2 or tokens.shape[0] != self.lengths.shape[0]:
+            msg = f"tokens must be [N, L] with N = len(lengths) = {self.lengths.shape[0]}, got {tokens.shape}."
+            raise ValueError(msg)
+
+    def rows(self, idx: np.ndarray) -> list[np.ndarray]:
+        """Rows ``idx`` without their padding."""
+        return [self.tokens[i, : self.lengths[i]] for i in np.asarray(idx, dtype=np.int64)]
+
+
+class ConcatRows:
+    """Several :class:`RowSource` objects one after the other, as one source (e.g. one per dataset).
+
+    Parameters
+    ----------
+    parts
+        The sources; cell ``i`` of part ``k`` is cell ``sum(len(parts[j].lengths) for j < k) + i``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixgf.model import ConcatRows, PaddedRows
+    >>> human = PaddedRows(np.array([[5, 6], [7, 0]]), np.array([2, 1]))
+    >>> mouse = PaddedRows(np.array([[9, 8, 4]]), np.array([3]))
+    >>> both = ConcatRows([human, mouse])
+    >>> both.lengths.tolist(), [r.tolist() for r in both.rows([2, 0])]
+    ([2, 1, 3], [[9, 8, 4], [5, 6]])
+    """
+
+    def __init__(self, parts: Sequence[RowSource]) -> None:
+        self.parts = list(parts)
+        sizes = [len(p.lengths) for p in self.parts]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.lengths = (
+            np.concatenate([np.asarray(p.lengths, dtype=np.int64) for p in self.parts])
+            if self.parts
+            else np.zeros(0, dtype=np.int64)
+        )
+        self.in_memory = all(getattr(p, "in_memory", False) for p in self.parts)
+
+    def rows(self, idx: np.ndarray) -> list[np.ndarray]:
+        """Rows ``idx`` (each part is asked once per call)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        part = np.searchsorted(self.starts, idx, side="right") - 1
+        out: list[np.ndarray | None] = [None] * len(idx)
+        for k in np.unique(part):
+            sel = np.flatnonzero(part == k)
+            for j, row in zip(sel, self.parts[k].rows(idx[sel] - self.starts[k]), strict=True):
+                out[j] = row
+        return out  # type: ignore[return-value]
+
+
 @dataclass
 class TokenCorpus:
-    """Tokenized cells in memory, as the trainer reads them.
+    """Tokenized cells as the trainer reads them: in memory, or from any :class:`RowSource` (e.g. on disk).
 
     Attributes
     ----------
     tokens
-        ``[N, L]`` right-padded token ids.
+        ``[N, L]`` right-padded token ids in memory, or a :class:`RowSource` whose rows are read batch by batch
+        (the ``[N, L]`` matrix then never exists).
     lengths
         ``[N]`` tokens per cell.
     species
@@ -138,9 +272,26 @@ class TokenCorpus:
     ortholog_map
         ``[vocab_size]`` id of each token's one-to-one ortholog in the other species, ``-1`` where none
         (needed by the cross-species term only).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixgf.model import TokenCorpus
+    >>> tokens = np.array([[5, 6, 7], [8, 9, 0]], dtype=np.uint16)
+    >>> corpus = TokenCorpus(
+    ...     tokens,
+    ...     lengths=np.array([3, 2]),
+    ...     species=np.zeros(2, dtype=np.int8),
+    ...     pad_id=0,
+    ...     mask_id=1,
+    ...     special_ids=np.array([0, 1, 2, 3]),
+    ...     gene_ids=np.arange(4, 10),
+    ... )
+    >>> len(corpus), [r.tolist() for r in corpus.row_source().rows([1])]
+    (2, [[8, 9]])
     """
 
-    tokens: np.ndarray
+    tokens: np.ndarray | RowSource
     lengths: np.ndarray
     species: np.ndarray
     pad_id: int
@@ -150,8 +301,79 @@ class TokenCorpus:
     ortholog_map: np.ndarray | None = None
     names: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        n = len(self.lengths)
+        if isinstance(self.tokens, np.ndarray):
+            if self.tokens.ndim != 2 or self.tokens.shape[0] != n:
+                msg = f"tokens must be [N, L] with N = len(lengths) = {n}, got {self.tokens.shape}."
+                raise ValueError(msg)
+        elif not isinstance(self.tokens, RowSource):
+            msg = f"tokens must be an [N, L] array or a row source (lengths + rows(idx)), got {type(self.tokens)}."
+            raise TypeError(msg)
+        elif not np.array_equal(np.asarray(self.tokens.lengths), np.asarray(self.lengths)):
+            msg = "lengths differ from the row source's lengths."
+            raise ValueError(msg)
+
     def __len__(self) -> int:
-        return int(self.tokens.shape[0])
+        return len(self.lengths)
+
+    def row_source(self) -> RowSource:
+        """The cells as a :class:`RowSource` (the padded matrix wrapped in :class:`PaddedRows`)."""
+        if isinstance(self.tokens, np.ndarray):
+            return PaddedRows(self.tokens, self.lengths)
+        return self.tokens
+
+
+class _BatchRows(torch.utils.data.Dataset):
+    """Data-loader dataset: ``(step, idx, epoch)`` -> the same with the rows of ``idx``, cut to the step's lengths."""
+
+    def __init__(self, source: RowSource, lengths: np.ndarray) -> None:
+        self.source, self.lengths = source, lengths
+
+    def __getitem__(self, item: tuple[int, np.ndarray, int]) -> tuple[int, np.ndarray, int, list[np.ndarray]]:
+        step, idx, epoch = item
+        rows = self.source.rows(idx)
+        return step, idx, epoch, [np.asarray(r[:n]) for r, n in zip(rows, self.lengths[idx], strict=True)]
+
+
+class _StepSampler:
+    """Yields ``(step, idx, epoch)`` for steps ``start..stop-1`` from the schedule (in the training process)."""
+
+    def __init__(self, sched: _Schedule, start: int, stop: int) -> None:
+        self.sched, self.start, self.stop = sched, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, int]]:
+        for step in range(self.start, self.stop):
+            idx, epoch = self.sched.batch(step)
+            yield step, idx, epoch
+
+
+def _as_is(x: Any) -> Any:
+    return x
+
+
+def _batch_loader(
+    source: RowSource, lengths: np.ndarray, sched: _Schedule, start: int, cfg: PretrainConfig
+) -> torch.utils.data.DataLoader:
+    """Rows of the batches of steps ``start..`` in order, read ahead by ``num_workers`` processes."""
+    workers = cfg.num_workers
+    if workers is None:
+        workers = 0 if getattr(source, "in_memory", False) else 1
+    kw: dict[str, Any] = {}
+    if workers > 0:
+        kw = {"prefetch_factor": cfg.prefetch_batches, "persistent_workers": False}
+    return torch.utils.data.DataLoader(
+        _BatchRows(source, lengths),
+        batch_size=None,
+        sampler=_StepSampler(sched, start, cfg.steps),
+        num_workers=workers,
+        collate_fn=_as_is,
+        generator=torch.Generator(),  # the loader's seed must not come from (and move) the global torch RNG
+        **kw,
+    )
 
 
 def _rank_world() -> tuple[int, int]:
@@ -260,7 +482,53 @@ def _save_checkpoint(
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:
-    """The newest complete checkpoint (one whose manifest exists) under ``out``, or `None`."""
+    """The newest complete checkpoint (one whose manifest exists) under ``out``, or `None`.
+
+    Parameters
+    ----------
+    out
+        The ``out_dir`` of :func:`pretrain_encoder`.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The ``step-XXXXXXXX`` directory with the highest step, or `None` when there is none.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from mixgf.model import (
+    ...     BertEncoderModel,
+    ...     EncoderConfig,
+    ...     PretrainConfig,
+    ...     TokenCorpus,
+    ...     latest_checkpoint,
+    ...     pretrain_encoder,
+    ... )
+    >>> tokens = np.random.default_rng(0).integers(4, 50, size=(16, 12)).astype(np.uint16)
+    >>> corpus = TokenCorpus(
+    ...     tokens,
+    ...     lengths=np.full(16, 12),
+    ...     species=np.zeros(16, dtype=np.int8),
+    ...     pad_id=0,
+    ...     mask_id=1,
+    ...     special_ids=np.array([0, 1, 2, 3]),
+    ...     gene_ids=np.arange(4, 50),
+    ... )
+    >>> model = BertEncoderModel(
+    ...     EncoderConfig(
+    ...         vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    ...     )
+    ... )
+    >>> out = tempfile.mkdtemp()
+    >>> latest_checkpoint(out) is None
+    True
+    >>> config = PretrainConfig(steps=2, token_budget=96, max_cells=8, warmup_steps=1, checkpoint_every=1)
+    >>> _ = pretrain_encoder(model, corpus, config, out_dir=out, device="cpu")
+    >>> latest_checkpoint(out).name  # an interrupted run resumes from here
+    'step-00000002'
+    """
     cands = sorted(p for p in Path(out).glob("step-*") if (p / "manifest.json").is_file() and p.is_dir())
     return cands[-1] if cands else None
 
@@ -320,6 +588,40 @@ def pretrain_encoder(
     -------
     tuple of (BertEncoderModel, list of dict)
         The trained model and the loss history (one entry per step).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import torch
+    >>> from mixgf.model import BertEncoderModel, EncoderConfig, PretrainConfig, TokenCorpus, pretrain_encoder
+    >>> rng = np.random.default_rng(0)
+    >>> tokens = rng.integers(4, 50, size=(32, 12)).astype(np.uint16)
+    >>> corpus = TokenCorpus(
+    ...     tokens,
+    ...     lengths=np.full(32, 12),
+    ...     species=np.zeros(32, dtype=np.int8),
+    ...     pad_id=0,
+    ...     mask_id=1,
+    ...     special_ids=np.array([0, 1, 2, 3]),
+    ...     gene_ids=np.arange(4, 50),
+    ... )
+    >>> _ = torch.manual_seed(0)
+    >>> model = BertEncoderModel(
+    ...     EncoderConfig(
+    ...         vocab_size=50,
+    ...         hidden_size=16,
+    ...         num_hidden_layers=1,
+    ...         num_attention_heads=2,
+    ...         intermediate_size=32,
+    ...         max_position_embeddings=16,
+    ...     )
+    ... )
+    >>> cfg = PretrainConfig(steps=2, token_budget=96, max_cells=8, warmup_steps=1)
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...     model, history = pretrain_encoder(model, corpus, cfg, out_dir=out, device="cpu")
+    >>> len(history), sorted(history[-1])[:3]
+    (2, ['cells', 'epoch', 'loss'])
     """
     cfg = config
     if model.mlm_head is None:
@@ -355,7 +657,10 @@ def pretrain_encoder(
     meta = dict(metadata or {})
     meta["pretrain_config"] = cfg.to_dict()
 
-    lengths = np.minimum(corpus.lengths, cfg.train_max_len or corpus.tokens.shape[1]).astype(np.int64)
+    source = corpus.row_source()
+    lengths = np.asarray(corpus.lengths, dtype=np.int64)
+    if cfg.train_max_len:
+        lengths = np.minimum(lengths, cfg.train_max_len)
     sched = _Schedule(lengths, cfg, rank, world)
     special = torch.as_tensor(np.asarray(corpus.special_ids, dtype=np.int64), device=dev)
     gene_ids = torch.as_tensor(np.asarray(corpus.gene_ids, dtype=np.int64), device=dev)
@@ -363,11 +668,10 @@ def pretrain_encoder(
     model.train()
     t_last = time.perf_counter()
     cells_seen = 0
-    for step in range(start, cfg.steps):
-        idx, epoch = sched.batch(step)
+    for step, idx, epoch, fetched in _batch_loader(source, lengths, sched, start, cfg):
         gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1_000_003 + step * 7919 + rank)
         torch.manual_seed(cfg.seed * 1_000_003 + step * 7919 + rank + 17)
-        rows = [corpus.tokens[i, : lengths[i]].astype(np.int64) for i in idx]
+        rows = [r.astype(np.int64) for r in fetched]
         ids, cu, pos, seg, longest = _packed(rows, dev)
         genes = ~torch.isin(ids, special)
         for g in opt.param_groups:

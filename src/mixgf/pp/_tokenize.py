@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -15,8 +16,11 @@ from .._settings import settings
 from ..genes import Vocabulary, map_to_ensembl
 from ._input import get_matrix, iter_csr_chunks
 from ._kernels import check_values, tokenize_csr
+from ._store import TokenStoreWriter, check_store_path
 
 if TYPE_CHECKING:
+    import os
+
     from anndata import AnnData
 
     from ..genes import GeneMapping
@@ -57,7 +61,7 @@ def _plan_genes(
         if gene_id_key not in adata.var.columns:
             msg = f"gene_id_key={gene_id_key!r} is not a column of adata.var; columns: {adata.var.columns.tolist()}."
             raise KeyError(msg)
-        names = pd.Index(adata.var[gene_id_key].to_numpy(dtype=object))
+        names = pd.Index(np.asarray(adata.var[gene_id_key]).astype(object))  # pandas or lazy (xarray) column
     gene_tokens = np.asarray(vocab.tokens, dtype=object)[vocab.is_gene]
     mapping = map_to_ensembl(names.to_numpy(dtype=object), species, prefer=gene_tokens)
     if mapping.species not in vocab.species:
@@ -103,6 +107,14 @@ def _plan_genes(
     return _GenePlan(mapping, col2tok.astype(np.int64), m, agg)
 
 
+def _add_special(out: np.ndarray, n_genes: np.ndarray, cls_id: int | None, eos_id: int | None) -> None:
+    """Write ``<cls>`` before and ``<eos>`` after the gene tokens of each row of ``out`` (in place)."""
+    if cls_id is not None:
+        out[:, 0] = cls_id
+    if eos_id is not None:
+        out[np.arange(out.shape[0]), n_genes + int(cls_id is not None)] = eos_id
+
+
 def _check_block(block: sp.csr_matrix, start: int, adata: AnnData, *, counts: str, what: str) -> int:
     nonfinite, negative, nonint, n_nonint = check_values(block.data, check_integer=True)
 
@@ -144,6 +156,8 @@ def rank_tokenize(
     duplicates: Literal["error", "sum"] = "error",
     chunk_size: int | None = None,
     key_added: str = TOKENS_KEY,
+    store: str | os.PathLike | None = None,
+    overwrite: bool = False,
     copy: bool = False,
 ) -> AnnData | None:
     """Rank-value encode every cell into gene tokens (Geneformer / Mix-Geneformer).
@@ -152,9 +166,16 @@ def rank_tokenize(
     non-zero median over the pre-training corpus; ``total`` as the vocabulary's rules say, see
     :class:`mixgf.genes.TokenizerRules`), genes are sorted by descending ``x`` and the first ones kept, up to
     ``max_len`` tokens including the special tokens the rules add. **Ties** (equal float64 ``x``) are broken by
-    ascending token id, so the result is deterministic. Cells are read in chunks, so dense, sparse (CSR/CSC),
-    backed (``backed="r"``) and dask-backed matrices all work with memory bound by the chunk size plus the output,
-    and give identical tokens.
+    ascending token id, so the result is deterministic.
+
+    Cells are read in chunks of ``chunk_size`` cells, so dense, sparse (CSR/CSC), backed (``backed="r"``) and
+    dask-backed matrices all work and give identical tokens: in particular AnnData read with
+    :func:`anndata.experimental.read_lazy` (dask ``X``, lazy ``obs``/``var``), whose dask row chunks are computed
+    one block at a time, never the whole matrix. By default the tokens go to ``adata.obsm[key_added]``, an
+    ``n_obs × max_len`` matrix in memory. For data larger than memory pass ``store="<name>.tokens.zarr"``: the
+    tokens are then written chunk by chunk, without padding, into an on-disk token store (zarr; see
+    :class:`mixgf.pp.TokenStore`) and no ``n_obs × max_len`` buffer exists, so memory stays bound by a few chunks
+    (``chunk_size × max_len`` tokens and the chunk's counts) plus a few numbers per cell and per gene.
 
     Parameters
     ----------
@@ -181,6 +202,15 @@ def rank_tokenize(
         Cells per chunk; `None` uses :attr:`mixgf.settings.chunk_size`.
     key_added
         Where to store the results (see Returns).
+    store
+        Path of a token store directory (e.g. ``"pbmc.tokens.zarr"``) to write the tokens to instead of
+        ``adata.obsm``. Its ``manifest.json`` is written last, so a store that has one is complete; if an error
+        stops the tokenization mid-way, the partial store is deleted (a killed process leaves a directory without
+        manifest, which :meth:`mixgf.pp.TokenStore.open` reports as an interrupted write). Read it with
+        :meth:`mixgf.pp.TokenStore.open`; ``adata.uns[key_added]["store"]`` records its absolute path.
+    overwrite
+        With ``store``: replace a store (complete or interrupted) already at that path. It is deleted when the
+        writing starts, after the input checks. A path that holds anything else is never replaced.
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -189,7 +219,8 @@ def rank_tokenize(
     `None`, or a copy of ``adata`` when ``copy=True``, with
 
     ``adata.obsm[key_added]`` : `numpy.ndarray` (uint16 while the vocabulary has ≤ 65,536 tokens, else uint32)
-        Token ids per cell, padded with the ``<pad>`` id (0) to the longest sequence.
+        Token ids per cell, padded with the ``<pad>`` id (0) to the longest sequence. Not written with ``store``
+        (an earlier ``obsm[key_added]`` is then removed): the tokens are in the store.
     ``adata.obs[key_added + "_n_tokens"]`` : int
         Sequence length per cell (special tokens included).
     ``adata.obs[key_added + "_empty"]`` : bool
@@ -199,12 +230,18 @@ def rank_tokenize(
         empty cells, mixgf version.
     ``adata.uns[key_added]["coverage"]`` : dict
         Coverage report: genes and counts covered by the vocabulary, why the others are not, top unmapped genes.
+    ``adata.uns[key_added]["store"]`` : str
+        With ``store``: the absolute path of the token store, whose manifest holds the same ``params`` and
+        ``coverage``.
 
     Raises
     ------
     ValueError
         For NaN/inf, negative or (with ``counts="raw"``) non-integer values, duplicated genes, mixed or unknown
-        species, or no gene in the vocabulary. Nothing is written to ``adata`` in that case.
+        species, or no gene in the vocabulary. Nothing is written to ``adata`` in that case, and no store is left
+        behind.
+    FileExistsError
+        ``store`` names an existing token store and ``overwrite=False``, or a path that is not a token store.
 
     Examples
     --------
@@ -213,6 +250,20 @@ def rank_tokenize(
     >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id")
     >>> adata.obsm["mixgf_tokens"].shape[0] == adata.n_obs
     True
+
+    Tokenize a file larger than memory into a token store, reading it lazily:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import anndata as ad
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> adata.write_h5ad(Path(tmp.name) / "pbmc.h5ad")
+    >>> lazy = ad.experimental.read_lazy(Path(tmp.name) / "pbmc.h5ad")
+    >>> mgf.pp.rank_tokenize(lazy, gene_id_key="gene_id", store=Path(tmp.name) / "pbmc.tokens.zarr")
+    >>> store = mgf.pp.TokenStore.open(lazy.uns["mixgf_tokens"]["store"])
+    >>> bool((store.padded()[0] == adata.obsm["mixgf_tokens"]).all())
+    True
+    >>> tmp.cleanup()
     """
     from .. import __version__
 
@@ -233,13 +284,22 @@ def rank_tokenize(
     max_genes = max_len - n_special
     chunk_size = settings.chunk_size if chunk_size is None else int(chunk_size)
 
+    store_path = None if store is None else check_store_path(store, overwrite=overwrite)
+
     plan = _plan_genes(adata, vocab, gene_id_key=gene_id_key, species=species, duplicates=duplicates)
     X = get_matrix(adata, layer)
     what = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     n_obs = adata.n_obs
     pad = vocab.id_of("pad")
-    # zero pages come from the OS lazily, so np.zeros is much cheaper than filling (padding id 0 in every preset)
-    full = np.zeros((n_obs, max_len), dtype=vocab.dtype) if pad == 0 else np.full((n_obs, max_len), pad, vocab.dtype)
+    cls_id = vocab.id_of("cls") if rules.add_cls else None
+    eos_id = vocab.id_of("eos") if rules.add_eos else None
+    if store_path is None:
+        # zero pages come from the OS lazily, so np.zeros is much cheaper than filling (padding id 0 in every preset)
+        full = np.zeros((n_obs, max_len), vocab.dtype) if pad == 0 else np.full((n_obs, max_len), pad, vocab.dtype)
+        writer = contextlib.nullcontext()
+    else:  # tokens go block by block into the store: no n_obs x max_len buffer
+        full = None
+        writer = TokenStoreWriter(store_path, vocab.dtype, overwrite=overwrite)
     n_genes = np.zeros(n_obs, dtype=np.int64)
     gene_totals = np.zeros(adata.n_vars, dtype=np.float64)
     cell_total = np.zeros(n_obs, dtype=np.float64)
@@ -250,7 +310,10 @@ def rank_tokenize(
 
     from tqdm.auto import tqdm
 
-    with tqdm(total=n_obs, desc="tokenizing", unit="cell", disable=not settings.progress_bar) as bar:
+    with (
+        writer,
+        tqdm(total=n_obs, desc="tokenizing", unit="cell", disable=not settings.progress_bar) as bar,
+    ):
         for start, end, block in iter_csr_chunks(X, chunk_size):
             n_nonint += _check_block(block, start, adata, counts=counts, what=what)
             gene_totals += np.bincount(block.indices, weights=block.data, minlength=adata.n_vars)
@@ -258,7 +321,8 @@ def rank_tokenize(
             cell_vocab[start:end] = block @ in_vocab_col
             if plan.sum_matrix is not None:
                 block = sp.csr_matrix(block @ plan.sum_matrix)
-            n_genes[start:end] = tokenize_csr(
+            out = full[start:end] if full is not None else np.full((end - start, max_len), pad, vocab.dtype)
+            n_blk = tokenize_csr(
                 block.indptr,
                 block.indices,
                 block.data,
@@ -267,47 +331,52 @@ def rank_tokenize(
                 normalization=rules.normalization,
                 target_sum=rules.target_sum,
                 max_genes=max_genes,
-                out=full[start:end],
+                out=out,
                 start_col=int(rules.add_cls),
             )
+            n_genes[start:end] = n_blk
+            if full is None:
+                _add_special(out, n_blk, cls_id, eos_id)
+                writer.append_padded(out, n_blk + n_special)
+            del block, out
             bar.update(end - start)
+        lengths = n_genes + n_special
+        empty = n_genes == 0
+        coverage = _coverage(adata, plan, gene_totals, cell_total, cell_vocab, vocab)
+        params = {
+            "vocab": vocab.name,
+            "vocab_sha256": vocab.sha256,
+            "max_len": max_len,
+            "normalization": rules.normalization,
+            "add_cls": rules.add_cls,
+            "add_eos": rules.add_eos,
+            "pad_id": pad,
+            "species": plan.mapping.species,
+            "layer": layer,
+            "gene_id_key": gene_id_key,
+            "counts": counts,
+            "duplicates": duplicates,
+            "n_genes_total": int(adata.n_vars),
+            "n_genes_mapped": plan.mapping.n_mapped,
+            "n_genes_in_vocab": int((plan.col2tok >= 0).sum()),
+            "n_cells_empty": int(empty.sum()),
+            "tie_break": "token id ascending",
+            "mixgf_version": __version__,
+        }
+        if full is None:
+            writer.finish(adata.obs_names, params, coverage)
 
     if n_nonint:
         logg.warn(
             f"{what} holds {n_nonint:,} non-integer values; tokens rank them as given (counts='normalized'). "
             "mixgf models were trained on raw counts."
         )
-    if rules.add_cls:
-        full[:, 0] = vocab.id_of("cls")
-    if rules.add_eos:
-        full[np.arange(n_obs), n_genes + int(rules.add_cls)] = vocab.id_of("eos")
-    lengths = n_genes + n_special
-    width = max(int(lengths.max(initial=0)), 1)
-    tokens = np.ascontiguousarray(full[:, :width])
-    del full
-
-    empty = n_genes == 0
-    coverage = _coverage(adata, plan, gene_totals, cell_total, cell_vocab, vocab)
-    params = {
-        "vocab": vocab.name,
-        "vocab_sha256": vocab.sha256,
-        "max_len": max_len,
-        "normalization": rules.normalization,
-        "add_cls": rules.add_cls,
-        "add_eos": rules.add_eos,
-        "pad_id": pad,
-        "species": plan.mapping.species,
-        "layer": layer,
-        "gene_id_key": gene_id_key,
-        "counts": counts,
-        "duplicates": duplicates,
-        "n_genes_total": int(adata.n_vars),
-        "n_genes_mapped": plan.mapping.n_mapped,
-        "n_genes_in_vocab": int((plan.col2tok >= 0).sum()),
-        "n_cells_empty": int(empty.sum()),
-        "tie_break": "token id ascending",
-        "mixgf_version": __version__,
-    }
+    tokens = None
+    if full is not None:
+        _add_special(full, n_genes, cls_id, eos_id)
+        width = max(int(lengths.max(initial=0)), 1)
+        tokens = np.ascontiguousarray(full[:, :width])
+        del full
 
     if copy:
         adata = adata.copy()
@@ -315,10 +384,16 @@ def rank_tokenize(
         logg.warn("received a view of an AnnData; making a copy to store the tokens.")
         adata._init_as_actual(adata.copy())
     n_key, empty_key = tokens_obs_keys(key_added)
-    adata.obsm[key_added] = tokens
+    if tokens is not None:
+        adata.obsm[key_added] = tokens
+    elif key_added in adata.obsm:  # tokens from an earlier run would contradict the store
+        del adata.obsm[key_added]
+        logg.info(f"    removed the earlier tokens in adata.obsm[{key_added!r}]; the tokens are in the store now")
     adata.obs[n_key] = lengths
     adata.obs[empty_key] = empty
     adata.uns[key_added] = {"params": params, "coverage": coverage}
+    if store_path is not None:
+        adata.uns[key_added]["store"] = str(store_path.resolve())
 
     if empty.any():
         logg.warn(
@@ -333,7 +408,8 @@ def rank_tokenize(
         )
     logg.info(format_coverage(coverage))
     logg.info(
-        f"    added {key_added!r} (adata.obsm), {n_key!r}, {empty_key!r} (adata.obs), {key_added!r} (adata.uns)",
+        f"    added {f'token store {str(store_path)!r}' if store_path else f'{key_added!r} (adata.obsm)'}, {n_key!r}, "
+        f"{empty_key!r} (adata.obs), {key_added!r} (adata.uns)",
         start=t0,
     )
     return adata if copy else None
@@ -412,6 +488,16 @@ def coverage_report(adata: AnnData, *, key: str = TOKENS_KEY) -> str:
     -------
     str
         The report.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> adata = mgf.datasets.pbmc3k()[:200].copy()
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id")
+    >>> print(mgf.pp.coverage_report(adata))  # doctest: +ELLIPSIS
+    coverage of vocabulary 'mixgf' (human genes):
+        genes: 16,634 in the data, 16,634 with an Ensembl ID, 13,188 in the vocabulary
+    ...
     """
     if key not in adata.uns or "coverage" not in adata.uns[key]:
         msg = f"adata.uns[{key!r}] holds no coverage report; run `mgf.pp.rank_tokenize(adata)` first."

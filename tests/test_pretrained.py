@@ -62,3 +62,13 @@ def test_geneformer_checkpoint_embeds_like_transformers(tmp_path, pbmc_full):
     np.testing.assert_allclose(a.obsm["X_mixgf"], ref.numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="do not belong together"):
         mgf.MixGeneformer.from_huggingface(tmp_path / "gf", vocab="mixgf")
+
+
+def test_saving_a_loaded_model_does_not_change_what_load_returns(tmp_path):
+    model = mgf.MixGeneformer.load()
+    model.save(tmp_path / "copy")
+    assert model.path == tmp_path / "copy"
+    again = mgf.MixGeneformer.load()
+    assert again is not model and again.path != tmp_path / "copy"
+    unverified = mgf.MixGeneformer.load(verify=False)
+    assert mgf.MixGeneformer.load() is again and unverified is not again

@@ -41,6 +41,17 @@ class CellClassifier:
         Hidden state that is pooled.
     metadata
         Training record: labels key, splits, metrics, history, settings.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> adata = mgf.datasets.pbmc3k()[:200].copy()
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id")
+    >>> clf = mgf.tl.train_classifier(adata, "cell_type", finetune="frozen", max_len=64)
+    >>> len(clf.classes), clf.species, clf.layer
+    (7, 'human', -1)
+    >>> clf.temperature > 0, sorted(clf.metadata)[:3]
+    (True, ['base_model', 'base_weights_sha256', 'class_counts'])
     """
 
     model: MixGeneformer
@@ -71,6 +82,18 @@ class CellClassifier:
         -------
         pathlib.Path
             The directory.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import mixgf as mgf
+        >>> adata = mgf.datasets.pbmc3k()[:200].copy()
+        >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id")
+        >>> clf = mgf.tl.train_classifier(adata, "cell_type", finetune="frozen", max_len=64)
+        >>> path = clf.save(Path(tempfile.mkdtemp()) / "pbmc_classifier")
+        >>> sorted(p.name for p in path.iterdir())
+        ['classifier.json', 'config.json', 'head.safetensors', 'manifest.json', 'model.safetensors', 'vocab.json']
         """
         from safetensors.torch import save
 
@@ -107,6 +130,22 @@ class CellClassifier:
         -------
         mixgf.CellClassifier
             The classifier.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import mixgf as mgf
+        >>> adata = mgf.datasets.pbmc3k()[:200].copy()
+        >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id")
+        >>> clf = mgf.tl.train_classifier(adata, "cell_type", finetune="frozen", max_len=64)
+        >>> path = clf.save(Path(tempfile.mkdtemp()) / "pbmc_classifier")
+        >>> loaded = mgf.CellClassifier.load(path)
+        >>> loaded.classes == clf.classes, loaded.temperature == clf.temperature
+        (True, True)
+        >>> mgf.tl.classify(adata, model=path)  # a classifier directory works as well
+        >>> adata.obs["mixgf_label"].cat.categories.tolist() == clf.classes
+        True
         """
         from safetensors.torch import load
 
@@ -128,7 +167,37 @@ class CellClassifier:
         return cls(model, head, list(info["classes"]), float(info["temperature"]), info["species"], info["layer"], meta)
 
     def predict_proba(self, tokens: np.ndarray, lengths: np.ndarray, *, device: str = "cpu") -> np.ndarray:
-        """Calibrated class probabilities ``[N, n_classes]`` of tokenized cells (tokens of ``self.species``)."""
+        """Calibrated class probabilities ``[N, n_classes]`` of tokenized cells (tokens of ``self.species``).
+
+        :func:`mixgf.tl.classify` calls it on AnnData (and projects cells of the other species first).
+
+        Parameters
+        ----------
+        tokens
+            ``[N, L]`` right-padded token ids of the classifier's vocabulary.
+        lengths
+            ``[N]`` tokens per cell (at least 1).
+        device
+            Torch device.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``[N, n_classes]`` probabilities, columns in the order of :attr:`classes`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import mixgf as mgf
+        >>> adata = mgf.datasets.pbmc3k()[:200].copy()
+        >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id")
+        >>> clf = mgf.tl.train_classifier(adata, "cell_type", finetune="frozen", max_len=64)
+        >>> proba = clf.predict_proba(
+        ...     adata.obsm["mixgf_tokens"][:10], adata.obs["mixgf_tokens_n_tokens"].to_numpy()[:10]
+        ... )
+        >>> proba.shape, bool(np.allclose(proba.sum(axis=1), 1.0))
+        ((10, 7), True)
+        """
         from .model import predict_logits
 
         max_len = self.metadata.get("config", {}).get("max_len")

@@ -78,7 +78,7 @@ class MixGeneformer:
 
     @property
     def config(self) -> EncoderConfig:
-        """The encoder's configuration."""
+        """The encoder's configuration (:class:`mixgf.model.EncoderConfig`)."""
         return self.encoder.config
 
     @property
@@ -110,7 +110,16 @@ class MixGeneformer:
         Returns
         -------
         mixgf.MixGeneformer
-            The model.
+            The model. Loading the same directory (with ``verify=True``) again returns the same object.
+
+        Examples
+        --------
+        >>> import mixgf as mgf
+        >>> model = mgf.MixGeneformer.load()
+        >>> model.name, model.trained
+        ('mixgf-default-4L128', True)
+        >>> model.config.num_hidden_layers, model.config.hidden_size, model.vocab.rules.max_len
+        (4, 128, 1024)
         """
         from .genes import Vocabulary
         from .model import load_model_dir
@@ -138,7 +147,8 @@ class MixGeneformer:
         model = cls(loaded.model, vocab, meta.get("name", path.name), meta, path, sha)
         if not model.trained:
             info(f"model {model.name!r} is untrained (random weights): use it to try the API, not for biology")
-        _CACHE[key] = model
+        if verify:  # only verified models are shared by later load() calls
+            _CACHE[key] = model
         return model
 
     @classmethod
@@ -165,6 +175,30 @@ class MixGeneformer:
         -------
         mixgf.MixGeneformer
             The model, marked as trained.
+
+        Examples
+        --------
+        A small randomly initialised BERT written with ``transformers`` stands in for a downloaded Geneformer
+        checkpoint here:
+
+        >>> import tempfile
+        >>> from transformers import BertConfig, BertForMaskedLM
+        >>> import mixgf as mgf
+        >>> vocab = mgf.genes.Vocabulary.load("geneformer-v1")
+        >>> config = BertConfig(
+        ...     vocab_size=len(vocab),
+        ...     hidden_size=32,
+        ...     num_hidden_layers=2,
+        ...     num_attention_heads=2,
+        ...     intermediate_size=64,
+        ...     max_position_embeddings=2048,
+        ...     hidden_act="relu",
+        ... )
+        >>> path = tempfile.mkdtemp()
+        >>> BertForMaskedLM(config).save_pretrained(path)
+        >>> model = mgf.MixGeneformer.from_huggingface(path, vocab="geneformer-v1", name="tiny-bert")
+        >>> model.name, model.config.num_hidden_layers, model.config.hidden_act
+        ('tiny-bert', 2, 'relu')
         """
         from .genes import Vocabulary
         from .model import import_hf_bert
@@ -192,6 +226,23 @@ class MixGeneformer:
         -------
         pathlib.Path
             The directory.
+
+        Examples
+        --------
+        An encoder (here the bundled model's, e.g. one trained with :func:`mixgf.model.pretrain_encoder`) and its
+        vocabulary, saved as a model directory that :meth:`load` reads:
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import mixgf as mgf
+        >>> default = mgf.MixGeneformer.load()
+        >>> model = mgf.MixGeneformer(default.encoder, default.vocab, name="my-model", metadata={"trained": True})
+        >>> path = model.save(Path(tempfile.mkdtemp()) / "my_model")
+        >>> sorted(p.name for p in path.iterdir())
+        ['config.json', 'manifest.json', 'model.safetensors', 'vocab.json']
+        >>> loaded = mgf.MixGeneformer.load(path)
+        >>> loaded.name, loaded.weights_sha256 == default.weights_sha256
+        ('my-model', True)
         """
         from .model import save_model_dir
 
@@ -204,6 +255,9 @@ class MixGeneformer:
             overwrite=overwrite,
         )
         manifest = json.loads((out / "manifest.json").read_text())
+        for key, cached in list(_CACHE.items()):  # this object now stands for the saved copy, not its source
+            if cached is self:
+                del _CACHE[key]
         self.path, self.weights_sha256 = out, _weights_sha(manifest)
         return out
 
@@ -238,5 +292,14 @@ def load_model(source: str | Path | None = None, *, device: str = "cpu") -> MixG
     -------
     mixgf.MixGeneformer
         The model.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> model = mgf.load_model()
+    >>> model is mgf.MixGeneformer.load()  # loaded once, then cached
+    True
+    >>> model.vocab.species
+    ('human', 'mouse')
     """
     return MixGeneformer.load(source, device=device)

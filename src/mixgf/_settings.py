@@ -31,6 +31,21 @@ class MixgfSettings:
         ``"cuda:1"``, ….
     seed
         Default random seed of functions that sample.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> mgf.settings.device
+    'auto'
+    >>> before = mgf.settings.chunk_size
+    >>> mgf.settings.chunk_size = 1024  # fewer cells per chunk in rank_tokenize: less memory
+    >>> mgf.settings.chunk_size
+    1024
+    >>> mgf.settings.chunk_size = before
+    >>> mgf.settings.verbosity = "loud"
+    Traceback (most recent call last):
+    ...
+    ValueError: verbosity must be one of ['debug', 'error', 'info', 'warning'], got 'loud'.
     """
 
     _fields = ("verbosity", "progress_bar", "chunk_size", "device", "seed")

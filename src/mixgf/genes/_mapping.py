@@ -36,6 +36,15 @@ class GeneMapping:
         Per var: ``"ensembl"`` (given as an Ensembl ID), ``"symbol"`` (mapped from a symbol), ``"ambiguous"``
         (a symbol naming several genes), ``"case variant of another var"`` (matches a gene only ignoring case while
         another var names that gene exactly), ``"unknown"`` (neither) or ``"missing"`` (empty / NaN).
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> m = mgf.genes.map_to_ensembl(["CD3E", "HLA-A", "ENSG00000141510.17", "not-a-gene"])
+    >>> m.species, m.n_mapped
+    ('human', 2)
+    >>> m.kind.tolist()
+    ['symbol', 'ambiguous', 'ensembl', 'unknown']
     """
 
     names: np.ndarray

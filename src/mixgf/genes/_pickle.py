@@ -80,6 +80,25 @@ def read_geneformer_pickle(path: str | Path) -> dict[str, int | float | str]:
     ------
     ValueError
         If the pickle holds anything else.
+
+    Examples
+    --------
+    >>> import pickle
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import mixgf as mgf
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> _ = (tmp / "token_dictionary.pkl").write_bytes(pickle.dumps({"<pad>": 0, "<mask>": 1, "ENSG00000111640": 2}))
+    >>> mgf.genes.read_geneformer_pickle(tmp / "token_dictionary.pkl")
+    {'<pad>': 0, '<mask>': 1, 'ENSG00000111640': 2}
+
+    A pickle that would create any other object (here a function) is refused before anything runs:
+
+    >>> _ = (tmp / "not_a_dictionary.pkl").write_bytes(pickle.dumps({"ENSG00000111640": print}))
+    >>> mgf.genes.read_geneformer_pickle(tmp / "not_a_dictionary.pkl")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ...not_a_dictionary.pkl: not a plain Geneformer dictionary pickle (refusing to load builtins.print ...
     """
     raw = Path(path).read_bytes()
     try:

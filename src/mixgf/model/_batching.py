@@ -61,6 +61,14 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     ------
     RuntimeError
         If CUDA is requested but not available.
+
+    Examples
+    --------
+    >>> from mixgf.model import resolve_device
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("auto").type in ("cuda", "cpu")  # CUDA when available
+    True
     """
     if device is None or (isinstance(device, str) and device.lower() == "auto"):
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -89,6 +97,15 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     -------
     torch.dtype
         One of float32, bfloat16, float16.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mixgf.model import resolve_dtype
+    >>> resolve_dtype(None, torch.device("cpu"))
+    torch.float32
+    >>> resolve_dtype("bf16", torch.device("cpu"))
+    torch.bfloat16
     """
     if dtype is None:
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -142,6 +159,14 @@ def make_batches(
     -------
     list of numpy.ndarray
         Indices into ``lengths`` of every batch; each cell occurs exactly once.
+
+    Examples
+    --------
+    >>> from mixgf.model import make_batches
+    >>> [b.tolist() for b in make_batches([5, 3, 8, 2], token_budget=16)]  # cells x longest <= 16
+    [[2, 0], [1, 3]]
+    >>> [b.tolist() for b in make_batches([5, 3, 8, 2], token_budget=10, packed=True)]  # sum of lengths <= 10
+    [[2], [0, 1, 3]]
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     if token_budget < 1:
@@ -301,6 +326,27 @@ def embed_tokens(
     numpy.ndarray
         ``[N, hidden_size]`` float32, rows in the order of ``tokens``. A cell's embedding does not
         depend on which other cells share its batch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mixgf as mgf
+    >>> from mixgf.model import embed_tokens
+    >>> model = mgf.MixGeneformer.load()
+    >>> adata = mgf.datasets.pbmc3k()[:20].copy()
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id", max_len=256)
+    >>> tokens, lengths = adata.obsm["mixgf_tokens"], adata.obs["mixgf_tokens_n_tokens"].to_numpy()
+    >>> z = embed_tokens(model.encoder, tokens, lengths, layer=-1, special_ids=model.vocab.special_ids)
+    >>> z.shape, z.dtype
+    ((20, 128), dtype('float32'))
+
+    Smaller batches give the same embeddings:
+
+    >>> z_small = embed_tokens(
+    ...     model.encoder, tokens, lengths, layer=-1, special_ids=model.vocab.special_ids, token_budget=512
+    ... )
+    >>> bool(np.allclose(z, z_small, atol=1e-5))
+    True
     """
     dev = resolve_device(device)
     compute_dtype = resolve_dtype(dtype, dev)

@@ -77,6 +77,17 @@ class LoadedModel(NamedTuple):
         Paths of the extra files stored with the model, by file name.
     metadata
         The JSON metadata given to :func:`save_model_dir`.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> from mixgf.model import load_model_dir
+    >>> loaded = load_model_dir(mgf.MixGeneformer.load().path)  # the bundled model's directory
+    >>> loaded.config.num_hidden_layers, sorted(loaded.extra_files), loaded.metadata["name"]
+    (4, ['heldout.json', 'vocab.json'], 'mixgf-default-4L128')
+    >>> model, config, extra_files, metadata = loaded  # unpacks as a tuple
+    >>> model.training
+    False
     """
 
     model: BertEncoderModel
@@ -169,6 +180,14 @@ def expected_state_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
     -------
     dict
         ``{name: shape}`` of every entry of the model's state dict.
+
+    Examples
+    --------
+    >>> from mixgf.model import EncoderConfig, expected_state_shapes
+    >>> config = EncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    >>> shapes = expected_state_shapes(config)
+    >>> shapes["embeddings.word.weight"], shapes["layers.0.qkv.weight"]  # q, k and v fused
+    ((100, 32), (96, 32))
     """
     with torch.device("meta"):
         model = BertEncoderModel(config)
@@ -191,6 +210,18 @@ def check_state_dict(state: Mapping[str, torch.Tensor], config: EncoderConfig, s
     ------
     ValueError
         Listing every missing, unexpected and mis-shaped tensor.
+
+    Examples
+    --------
+    >>> from mixgf.model import BertEncoderModel, EncoderConfig, check_state_dict
+    >>> config = EncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    >>> state = BertEncoderModel(config).state_dict()
+    >>> check_state_dict(state, config)  # matches: returns None
+    >>> del state["layers.0.qkv.weight"]
+    >>> check_state_dict(state, config, source="my.safetensors")
+    Traceback (most recent call last):
+    ...
+    ValueError: Weights in my.safetensors do not match the model configuration: missing keys [layers.0.qkv.weight].
     """
     got = {k: tuple(v.shape) for k, v in state.items()}
     problems = _shape_errors(got, expected_state_shapes(config))
@@ -262,6 +293,24 @@ def save_model_dir(
     ------
     FileExistsError
         If ``path`` exists and ``overwrite`` is false, or if it exists but is not a model directory.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import mixgf as mgf
+    >>> from mixgf.model import load_model_dir, save_model_dir
+    >>> encoder = mgf.MixGeneformer.load().encoder
+    >>> path = save_model_dir(
+    ...     Path(tempfile.mkdtemp()) / "encoder",
+    ...     encoder,
+    ...     extra_files={"notes.txt": b"fine-tuned on pbmc3k"},
+    ...     metadata={"name": "my-encoder"},
+    ... )
+    >>> sorted(p.name for p in path.iterdir())
+    ['config.json', 'manifest.json', 'model.safetensors', 'notes.txt']
+    >>> load_model_dir(path).metadata
+    {'name': 'my-encoder'}
     """
     path = Path(path)
     extra = dict(extra_files or {})
@@ -397,6 +446,24 @@ def verify_model_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
     ------
     ValueError
         Naming the first missing, truncated or modified file.
+
+    Examples
+    --------
+    >>> import shutil
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import mixgf as mgf
+    >>> from mixgf.model import verify_model_dir
+    >>> path = Path(tempfile.mkdtemp()) / "model"
+    >>> _ = shutil.copytree(mgf.MixGeneformer.load().path, path)  # a copy of the bundled model
+    >>> verify_model_dir(path)["format_version"]
+    1
+    >>> with (path / "config.json").open("a") as f:
+    ...     _ = f.write(" ")
+    >>> verify_model_dir(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Checkpoint ... is corrupt: config.json has ... bytes, manifest.json records ...
     """
     path = Path(path)
     manifest = _read_manifest(path)
@@ -446,6 +513,16 @@ def load_model_dir(
     ValueError
         If a file is corrupt, or the weights do not match ``config.json`` (every missing, unexpected
         or mis-shaped tensor is listed).
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> from mixgf.model import describe, load_model_dir
+    >>> model, config, extra_files, metadata = load_model_dir(mgf.MixGeneformer.load().path)
+    >>> describe(model)
+    'BertEncoderModel(4 layers, hidden 128, 4 heads, 4.50M params, MLM head)'
+    >>> extra_files["vocab.json"].name, metadata["trained"]
+    ('vocab.json', True)
     """
     path = Path(path)
     manifest = verify_model_dir(path) if verify else _read_manifest(path)
@@ -568,6 +645,19 @@ def hf_to_mixgf_state_dict(
     ------
     ValueError
         Listing missing, unexpected and mis-shaped tensors (Hugging Face names, without ``bert.``).
+
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertForMaskedLM
+    >>> from mixgf.model import EncoderConfig, hf_to_mixgf_state_dict
+    >>> hf = BertForMaskedLM(
+    ...     BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    ... )
+    >>> state, config = hf_to_mixgf_state_dict(hf.state_dict(), EncoderConfig.from_hf_dict(hf.config.to_dict()))
+    >>> state["layers.0.qkv.weight"].shape  # query, key and value fused
+    torch.Size([96, 32])
+    >>> config.has_mlm_head, config.hidden_act
+    (True, 'gelu')
     """
     state: dict[str, torch.Tensor] = {}
     ignored: list[str] = []
@@ -719,6 +809,29 @@ def import_hf_bert(
     ValueError
         If the configuration is not an absolute-position BERT, a pickle is unsafe, or the weights do
         not match ``config.json``.
+
+    Examples
+    --------
+    A small randomly initialised ``transformers`` BERT stands in for a Geneformer checkpoint; the imported
+    encoder computes the same hidden states:
+
+    >>> import tempfile
+    >>> import torch
+    >>> from transformers import BertConfig, BertForMaskedLM
+    >>> from mixgf.model import import_hf_bert
+    >>> hf = BertForMaskedLM(
+    ...     BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    ... ).eval()
+    >>> path = tempfile.mkdtemp()
+    >>> hf.save_pretrained(path)
+    >>> model, config = import_hf_bert(path)
+    >>> config.num_hidden_layers, model.mlm_head is not None
+    (2, True)
+    >>> ids = torch.tensor([[5, 6, 7, 8]])
+    >>> with torch.no_grad():
+    ...     same = torch.allclose(model(ids), hf.bert(ids).last_hidden_state, atol=1e-5)
+    >>> same
+    True
     """
     path = Path(path)
     if not path.is_dir():

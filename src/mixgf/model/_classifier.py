@@ -32,6 +32,14 @@ class ClassifierHead(nn.Module):
         Number of classes.
     dropout
         Dropout before the linear layer (training only).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mixgf.model import ClassifierHead
+    >>> head = ClassifierHead(hidden_size=128, n_classes=3).eval()
+    >>> head(torch.zeros(5, 128)).shape
+    torch.Size([5, 3])
     """
 
     def __init__(self, hidden_size: int, n_classes: int, dropout: float = 0.1) -> None:
@@ -72,6 +80,13 @@ class FinetuneConfig:
         Dropout of the head.
     seed
         Seed of batch order, dropout and head initialisation.
+
+    Examples
+    --------
+    >>> from mixgf.model import FinetuneConfig
+    >>> config = FinetuneConfig(train_layers=1, epochs=3, max_len=512)  # train the top block and the head
+    >>> config.to_dict()["train_layers"], config.lr, config.class_weights
+    (1, 5e-05, 'balanced')
     """
 
     train_layers: int = -1
@@ -128,7 +143,42 @@ def predict_logits(
     token_budget: int = 16_384,
     max_cells: int = 64,
 ) -> np.ndarray:
-    """Logits ``[N, n_classes]`` (float32) of every cell, in input order."""
+    """Logits ``[N, n_classes]`` (float32) of every cell, in input order.
+
+    Parameters
+    ----------
+    model
+        The encoder.
+    head
+        The classification head.
+    tokens, lengths
+        ``[N, L]`` right-padded token ids and the number of tokens of each cell (at least 1).
+    special_ids
+        Token ids left out of the mean pooling.
+    layer
+        Hidden state that is pooled (``-1`` = last block).
+    device
+        Torch device.
+    token_budget, max_cells
+        Tokens and cells per batch.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[N, n_classes]`` float32 logits.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> from mixgf.model import ClassifierHead, predict_logits
+    >>> model = mgf.MixGeneformer.load()
+    >>> adata = mgf.datasets.pbmc3k()[:20].copy()
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id", max_len=128)
+    >>> tokens, lengths = adata.obsm["mixgf_tokens"], adata.obs["mixgf_tokens_n_tokens"].to_numpy()
+    >>> head = ClassifierHead(model.config.hidden_size, n_classes=3)  # untrained, for the shapes only
+    >>> predict_logits(model.encoder, head, tokens, lengths, special_ids=model.vocab.special_ids).shape
+    (20, 3)
+    """
     dev = resolve_device(device)
     model.to(dev).eval()
     head.to(dev).eval()
@@ -143,7 +193,30 @@ def predict_logits(
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature that minimises the negative log-likelihood of ``softmax(logits / T)`` on held-out cells."""
+    """Temperature that minimises the negative log-likelihood of ``softmax(logits / T)`` on held-out cells.
+
+    Parameters
+    ----------
+    logits
+        ``[N, n_classes]`` logits of held-out cells.
+    labels
+        ``[N]`` their true class indices.
+
+    Returns
+    -------
+    float
+        The temperature ``T > 0``: above 1 softens over-confident probabilities, below 1 sharpens them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixgf.model import fit_temperature
+    >>> logits = np.array([[4.0, 0.0], [4.0, 0.0], [0.0, 4.0], [4.0, 0.0]])
+    >>> fit_temperature(logits, np.array([0, 1, 1, 0])) > 1  # confident and wrong once: soften
+    True
+    >>> fit_temperature(logits, np.array([0, 0, 1, 0])) < 1  # always right: sharpen
+    True
+    """
     lg = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.long)
     best_t, best = 1.0, math.inf
@@ -239,6 +312,68 @@ def finetune_classifier(
 
     Returns the fine-tuned encoder, the head and one history entry per epoch (train loss, validation loss and
     accuracy). The input ``model`` is not modified.
+
+    The head is first fitted on the frozen embeddings (linear probing; history entry ``epoch`` 0), then the
+    trainable blocks and the head are fine-tuned together. :func:`mixgf.tl.train_classifier` calls it on AnnData.
+
+    Parameters
+    ----------
+    model
+        The encoder to start from (it is copied).
+    tokens, lengths
+        ``[N, L]`` right-padded token ids and the number of tokens of each cell.
+    labels
+        ``[N]`` class index of each cell.
+    train_idx, val_idx
+        Cells used for training and for validation (early stopping).
+    n_classes
+        Number of classes.
+    special_ids
+        Token ids left out of the mean pooling.
+    config
+        Training settings.
+    device
+        Torch device.
+    progress
+        Show progress.
+
+    Returns
+    -------
+    encoder : BertEncoderModel
+        The fine-tuned copy of ``model`` (eval mode, gradients off).
+    head : ClassifierHead
+        The trained head.
+    history : list of dict
+        One entry per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mixgf as mgf
+    >>> from mixgf.model import FinetuneConfig, finetune_classifier
+    >>> model = mgf.MixGeneformer.load()
+    >>> adata = mgf.datasets.pbmc3k()[:200]
+    >>> adata = adata[adata.obs["cell_type"].notna()].copy()
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id", max_len=64)
+    >>> tokens, lengths = adata.obsm["mixgf_tokens"], adata.obs["mixgf_tokens_n_tokens"].to_numpy()
+    >>> classes, labels = np.unique(adata.obs["cell_type"].astype(str), return_inverse=True)
+    >>> cells = np.arange(adata.n_obs)
+    >>> train, val = cells[cells % 4 != 0], cells[cells % 4 == 0]
+    >>> encoder, head, history = finetune_classifier(
+    ...     model.encoder,
+    ...     tokens,
+    ...     lengths,
+    ...     labels,
+    ...     train,
+    ...     val,
+    ...     len(classes),
+    ...     special_ids=model.vocab.special_ids,
+    ...     config=FinetuneConfig(train_layers=1, epochs=1),
+    ... )
+    >>> [h["epoch"] for h in history], encoder is model.encoder
+    ([0, 1], False)
+    >>> head.linear.out_features == len(classes)
+    True
     """
     cfg = config
     dev = resolve_device(device)

@@ -57,6 +57,25 @@ class EncoderConfig:
         Whether the model carries a masked-language-model head.
     tie_word_embeddings
         Whether the MLM decoder reuses the word embedding matrix (the BERT default).
+
+    Examples
+    --------
+    >>> from mixgf.model import EncoderConfig
+    >>> config = EncoderConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+    >>> config.head_dim
+    16
+    >>> EncoderConfig.from_dict(config.to_dict()) == config
+    True
+    >>> EncoderConfig(vocab_size=1000, hidden_size=64, num_attention_heads=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: hidden_size (64) must be divisible by num_attention_heads (3).
+
+    The configuration of the bundled model:
+
+    >>> import mixgf as mgf
+    >>> mgf.MixGeneformer.load().config.hidden_act
+    'silu'
     """
 
     vocab_size: int

@@ -73,6 +73,12 @@ def resolve_layer(output_layer: int | None, num_layers: int) -> int:
     -------
     int
         Non-negative index in ``[0, num_layers]``.
+
+    Examples
+    --------
+    >>> from mixgf.model import resolve_layer
+    >>> resolve_layer(-1, 4), resolve_layer(-2, 4), resolve_layer(0, 4), resolve_layer(None, 4)
+    (4, 3, 0, 4)
     """
     if output_layer is None:
         return num_layers
@@ -101,6 +107,12 @@ def varlen_available(device: torch.device | str) -> bool:
     -------
     bool
         ``True`` on CUDA devices with compute capability >= 8.0 when the function is importable.
+
+    Examples
+    --------
+    >>> from mixgf.model import varlen_available
+    >>> varlen_available("cpu")
+    False
     """
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
@@ -301,6 +313,20 @@ class EncoderLayer(nn.Module):
     ----------
     config
         Model configuration.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import mixgf as mgf
+    >>> from mixgf.model import EncoderLayer
+    >>> encoder = mgf.MixGeneformer.load().encoder
+    >>> block = encoder.layers[0]
+    >>> isinstance(block, EncoderLayer), block.num_heads, block.head_dim
+    (True, 4, 32)
+    >>> with torch.no_grad():
+    ...     out = block(torch.randn(2, 5, 128), None)  # [cells, tokens, hidden], no padding
+    >>> out.shape
+    torch.Size([2, 5, 128])
     """
 
     def __init__(self, config: EncoderConfig) -> None:
@@ -419,6 +445,17 @@ class MLMHead(nn.Module):
     ----------
     config
         Model configuration.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import mixgf as mgf
+    >>> encoder = mgf.MixGeneformer.load().encoder
+    >>> head = encoder.mlm_head  # tied: the decoder is the word embedding matrix
+    >>> with torch.no_grad():
+    ...     logits = head(torch.randn(3, 128), encoder.embeddings.word.weight)
+    >>> logits.shape
+    torch.Size([3, 29629])
     """
 
     def __init__(self, config: EncoderConfig) -> None:
@@ -465,6 +502,40 @@ class BertEncoderModel(nn.Module):
     Parameter names are mixgf's own; :func:`mixgf.model.import_hf_bert` maps Hugging Face names onto
     them (q/k/v projections are fused into one ``qkv`` matrix). Outputs match ``transformers``'
     ``BertForMaskedLM`` in fp32 to about 1e-6.
+
+    Examples
+    --------
+    The padded and the packed path compute the same hidden states:
+
+    >>> import torch
+    >>> from mixgf.model import BertEncoderModel, EncoderConfig
+    >>> _ = torch.manual_seed(0)
+    >>> config = EncoderConfig(
+    ...     vocab_size=100,
+    ...     hidden_size=32,
+    ...     num_hidden_layers=2,
+    ...     num_attention_heads=2,
+    ...     intermediate_size=64,
+    ...     max_position_embeddings=16,
+    ... )
+    >>> model = BertEncoderModel(config).eval()
+    >>> ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])  # two cells, the second padded
+    >>> mask = ids != config.pad_token_id
+    >>> with torch.no_grad():
+    ...     padded = model(ids, mask)  # [2, 4, 32]
+    ...     packed = model.forward_packed(ids[mask], torch.tensor([0, 4, 6]), max_seqlen=4)  # [6, 32]
+    ...     logits = model.mlm_logits(padded, mask)  # masked-gene logits of the 6 real tokens
+    >>> padded.shape, packed.shape, logits.shape
+    (torch.Size([2, 4, 32]), torch.Size([6, 32]), torch.Size([6, 100]))
+    >>> bool(torch.allclose(padded[mask], packed, atol=1e-5))
+    True
+
+    The bundled model's encoder:
+
+    >>> import mixgf as mgf
+    >>> encoder = mgf.MixGeneformer.load().encoder
+    >>> encoder.num_layers, encoder.hidden_size, encoder.mlm_head is not None
+    (4, 128, True)
     """
 
     def __init__(self, config: EncoderConfig) -> None:
@@ -783,6 +854,13 @@ def packed_position_ids(cu_seqlens: torch.Tensor) -> torch.Tensor:
     -------
     torch.Tensor
         ``[T]`` int64 positions on ``cu_seqlens.device``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mixgf.model import packed_position_ids
+    >>> packed_position_ids(torch.tensor([0, 3, 5])).tolist()  # sequences of 3 and 2 tokens
+    [0, 1, 2, 0, 1]
     """
     cu = cu_seqlens.to(torch.int64)
     lengths = cu[1:] - cu[:-1]
@@ -807,6 +885,13 @@ def describe(model: BertEncoderModel) -> str:
     -------
     str
         Summary such as ``"BertEncoderModel(6 layers, hidden 256, 4 heads, 10.3M params, MLM head)"``.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> from mixgf.model import describe
+    >>> describe(mgf.MixGeneformer.load().encoder)
+    'BertEncoderModel(4 layers, hidden 128, 4 heads, 4.50M params, MLM head)'
     """
     c = model.config
     head = "MLM head" if model.mlm_head is not None else "no MLM head"

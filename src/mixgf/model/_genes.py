@@ -46,6 +46,22 @@ def token_state_means(
         ``[vocab_size, hidden]`` float32, NaN for tokens that never occur.
     counts
         ``[vocab_size]`` number of occurrences.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mixgf as mgf
+    >>> from mixgf.model import token_state_means
+    >>> model = mgf.MixGeneformer.load()
+    >>> adata = mgf.datasets.pbmc3k()[:20].copy()
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id", max_len=256)
+    >>> tokens, lengths = adata.obsm["mixgf_tokens"], adata.obs["mixgf_tokens_n_tokens"].to_numpy()
+    >>> means, counts = token_state_means(model.encoder, tokens, lengths)
+    >>> means.shape, int(counts.sum()) == int(lengths.sum())
+    ((29629, 128), True)
+    >>> cd74, gapdh_mouse = model.vocab.token_ids(["ENSG00000019582", "ENSMUSG00000057666"])
+    >>> int(counts[cd74]), bool(np.isnan(means[gapdh_mouse]).all())  # no mouse gene in human cells
+    (5, True)
     """
     dev = resolve_device(device)
     resolve_layer(layer, model.num_layers)

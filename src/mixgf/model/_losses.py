@@ -40,6 +40,22 @@ def mask_tokens(
         The corrupted ids.
     target
         Bool, same shape: positions whose original token the model must predict.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mixgf.model import mask_tokens
+    >>> ids = torch.arange(4, 24).reshape(2, 10)
+    >>> maskable = torch.ones_like(ids, dtype=torch.bool)
+    >>> maskable[:, 0] = False  # e.g. a <cls> token
+    >>> generator = torch.Generator().manual_seed(0)
+    >>> inputs, target = mask_tokens(
+    ...     ids, maskable, mask_id=1, random_ids=torch.arange(4, 30), mask_prob=0.3, generator=generator
+    ... )
+    >>> inputs.shape, bool(target.any()), bool(target[:, 0].any())
+    (torch.Size([2, 10]), True, False)
+    >>> bool((inputs[~target] == ids[~target]).all())  # only target positions can change
+    True
     """
     u = torch.rand(ids.shape, generator=generator, device=ids.device)
     target = (u < mask_prob) & maskable
@@ -59,7 +75,28 @@ def mask_tokens(
 
 
 def mean_pool(hidden: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
-    """Mean of ``hidden`` ``[B, L, H]`` over the positions where ``genes`` ``[B, L]`` is true, in fp32."""
+    """Mean of ``hidden`` ``[B, L, H]`` over the positions where ``genes`` ``[B, L]`` is true, in fp32.
+
+    Parameters
+    ----------
+    hidden
+        ``[B, L, H]`` hidden states.
+    genes
+        ``[B, L]`` boolean mask of the positions to average (gene tokens).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, H]`` float32; zeros for a row without any gene position.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mixgf.model import mean_pool
+    >>> hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]]])
+    >>> mean_pool(hidden, torch.tensor([[True, True, False]])).tolist()
+    [[2.0, 3.0]]
+    """
     w = genes.to(torch.float32).unsqueeze(-1)
     return (hidden.to(torch.float32) * w).sum(1) / w.sum(1).clamp(min=1.0)
 
@@ -70,6 +107,28 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     Row ``i`` of ``a`` must match row ``i`` of ``b`` against every other row; the loss is the mean of the two
     directions. With ``a``, ``b`` two dropout views of the same cells this is SimCSE; with a cell and its
     ortholog projection it is the cross-species alignment.
+
+    Parameters
+    ----------
+    a, b
+        ``[B, H]`` paired embeddings.
+    temperature
+        Softmax temperature of the cosine similarities.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar loss.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mixgf.model import info_nce
+    >>> a = torch.eye(4)
+    >>> matched = info_nce(a, a, temperature=0.1)
+    >>> shuffled = info_nce(a, a.roll(1, dims=0), temperature=0.1)
+    >>> bool(matched < 0.01), bool(shuffled > matched)
+    (True, True)
     """
     a = F.normalize(a.to(torch.float32), dim=-1)
     b = F.normalize(b.to(torch.float32), dim=-1)

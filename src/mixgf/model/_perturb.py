@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["PERTURB_MODES", "PerturbationResult", "perturb_cell", "perturbation_shifts"]
 
 PerturbMode = Literal["delete", "overexpress", "inhibit", "activate"]
+#: Perturbation modes of :func:`perturb_cell`, :func:`perturbation_shifts` and :func:`mixgf.tl.perturb`.
 PERTURB_MODES: tuple[str, ...] = ("delete", "overexpress", "inhibit", "activate")
 
 
@@ -109,6 +110,20 @@ def perturb_cell(
     -------
     The perturbed token list, or `None` when the perturbation does not apply (``delete`` / ``inhibit`` /
     ``activate`` need every gene of the set to be in the cell).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixgf.model import perturb_cell
+    >>> cell = np.array([10, 11, 12, 13, 14, 15, 16, 17])  # token ids, highest-ranked gene first
+    >>> perturb_cell(cell, [12], "delete").tolist()
+    [10, 11, 13, 14, 15, 16, 17]
+    >>> perturb_cell(cell, [12], "overexpress").tolist()
+    [12, 10, 11, 13, 14, 15, 16, 17]
+    >>> perturb_cell(cell, [12], "inhibit", rank_shift=2).tolist()  # two positions down
+    [10, 11, 13, 14, 12, 15, 16, 17]
+    >>> perturb_cell(cell, [12, 99], "delete") is None  # the cell does not express gene 99
+    True
     """
     _check_mode(mode, rank_shift)
     cell = np.asarray(cell)
@@ -153,6 +168,24 @@ class PerturbationResult:
         ``[n_cells, n_sets, hidden]`` float32 perturbed embeddings (NaN where not applicable) when requested.
     n_copies
         Number of perturbed copies embedded.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mixgf as mgf
+    >>> from mixgf.model import perturbation_shifts
+    >>> model = mgf.MixGeneformer.load()
+    >>> adata = mgf.datasets.pbmc3k()[:10].copy()
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id", max_len=128)
+    >>> tokens, lengths = adata.obsm["mixgf_tokens"], adata.obs["mixgf_tokens_n_tokens"].to_numpy()
+    >>> gene_sets = [[int(tokens[0, 0])], [int(tokens[0, 1])]]  # the two top-ranked genes of the first cell
+    >>> result = perturbation_shifts(
+    ...     model.encoder, tokens, lengths, gene_sets, special_ids=model.vocab.special_ids, return_embeddings=True
+    ... )
+    >>> result.shifts.shape, result.original.shape, result.perturbed.shape
+    ((10, 2), (10, 128), (10, 2, 128))
+    >>> result.n_copies == int((~np.isnan(result.shifts)).sum())
+    True
     """
 
     shifts: np.ndarray
@@ -235,6 +268,34 @@ def perturbation_shifts(
     Returns
     -------
     :class:`PerturbationResult`
+
+    Examples
+    --------
+    Delete CD74 and LYZ, one at a time, in 20 PBMCs with the bundled model:
+
+    >>> import numpy as np
+    >>> import mixgf as mgf
+    >>> from mixgf.model import perturbation_shifts
+    >>> model = mgf.MixGeneformer.load()
+    >>> adata = mgf.datasets.pbmc3k()[:20].copy()
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id", max_len=256)
+    >>> tokens, lengths = adata.obsm["mixgf_tokens"], adata.obs["mixgf_tokens_n_tokens"].to_numpy()
+    >>> genes = mgf.genes.resolve_genes(["CD74", "LYZ"], model.vocab, "human")
+    >>> result = perturbation_shifts(
+    ...     model.encoder,
+    ...     tokens,
+    ...     lengths,
+    ...     [[g.token] for g in genes],
+    ...     mode="delete",
+    ...     special_ids=model.vocab.special_ids,
+    ... )
+    >>> result.shifts.shape
+    (20, 2)
+    >>> expressed = np.array([[g.token in t[:n] for g in genes] for t, n in zip(tokens, lengths)])
+    >>> bool((np.isnan(result.shifts) == ~expressed).all())  # NaN exactly where the cell lacks the gene
+    True
+    >>> bool((result.shifts[expressed] >= 0).all())  # 1 - cosine similarity
+    True
     """
     _check_mode(mode, rank_shift)
     tokens = np.asarray(tokens)

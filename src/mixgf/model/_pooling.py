@@ -36,6 +36,14 @@ def gene_token_mask(
     -------
     torch.Tensor
         Boolean mask, ``True`` at gene tokens.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mixgf.model import gene_token_mask
+    >>> ids = torch.tensor([[2, 7, 8, 0], [2, 9, 0, 0]])  # <cls> = 2 first, <pad> = 0 at the end
+    >>> gene_token_mask(ids, ids != 0, special_ids=[2]).tolist()
+    [[False, True, True, False], [False, True, False, False]]
     """
     mask = torch.ones_like(input_ids, dtype=torch.bool) if valid is None else valid.to(torch.bool).clone()
     excluded = [int(i) for i in special_ids]
@@ -88,6 +96,17 @@ def pool_padded(
     -------
     torch.Tensor
         ``[B, H]`` float32.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mixgf.model import pool_padded
+    >>> ids = torch.tensor([[2, 7, 8], [2, 9, 0]])  # <cls> = 2, <pad> = 0
+    >>> hidden = torch.tensor([[[0.0, 0.0], [1.0, 2.0], [3.0, 4.0]], [[0.0, 0.0], [5.0, 6.0], [9.0, 9.0]]])
+    >>> pool_padded(hidden, ids, ids != 0, "mean", special_ids=[2]).tolist()
+    [[2.0, 3.0], [5.0, 6.0]]
+    >>> pool_padded(hidden, ids, ids != 0, "cls", cls_id=2).tolist()
+    [[0.0, 0.0], [0.0, 0.0]]
     """
     if method == "cls":
         _check_cls(input_ids[:, 0], cls_id)
@@ -134,6 +153,17 @@ def pool_packed(
     -------
     torch.Tensor
         ``[B, H]`` float32.
+
+    Examples
+    --------
+    The two cells of :func:`pool_padded`'s example, packed without padding:
+
+    >>> import torch
+    >>> from mixgf.model import pool_packed
+    >>> ids = torch.tensor([2, 7, 8, 2, 9])
+    >>> hidden = torch.tensor([[0.0, 0.0], [1.0, 2.0], [3.0, 4.0], [0.0, 0.0], [5.0, 6.0]])
+    >>> pool_packed(hidden, ids, torch.tensor([0, 3, 5]), "mean", special_ids=[2]).tolist()
+    [[2.0, 3.0], [5.0, 6.0]]
     """
     cu = cu_seqlens.to(device=hidden.device, dtype=torch.int64)
     n_seq = cu.numel() - 1

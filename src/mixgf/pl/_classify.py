@@ -55,6 +55,17 @@ def confusion_matrix(
     -------
     matplotlib.axes.Axes, matplotlib.figure.Figure or None
         The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> adata = mgf.datasets.pbmc3k()[:300].copy()
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id")
+    >>> clf = mgf.tl.train_classifier(adata[:200].copy(), "cell_type", finetune="frozen", max_len=64)
+    >>> mgf.tl.classify(adata, model=clf)
+    >>> ax = mgf.pl.confusion_matrix(adata, "cell_type", show=False)
+    >>> ax.get_xlabel(), ax.get_ylabel()
+    ('predicted (mixgf_label)', 'cell_type')
     """
     import matplotlib.pyplot as plt
 
@@ -124,6 +135,17 @@ def classify_scores(
     -------
     matplotlib.axes.Axes, matplotlib.figure.Figure or None
         The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> adata = mgf.datasets.pbmc3k()[:300].copy()
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id")
+    >>> clf = mgf.tl.train_classifier(adata[:200].copy(), "cell_type", finetune="frozen", max_len=64)
+    >>> mgf.tl.classify(adata, model=clf)
+    >>> ax = mgf.pl.classify_scores(adata, groupby="cell_type", show=False)
+    >>> ax.get_xlabel(), ax.get_ylabel()
+    ('cell_type', 'score of the predicted label')
     """
     import matplotlib.pyplot as plt
 

@@ -107,11 +107,15 @@ def perturb_volcano(
 
     Examples
     --------
+    A small run (each cell's top 256 genes, 20 cells, 5 matched controls per gene):
+
     >>> import mixgf as mgf
     >>> adata = mgf.datasets.pbmc3k()[:300].copy()
-    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id")
-    >>> mgf.tl.perturb(adata, genes=["CD74", "LYZ", "NKG7", "S100A9"], n_controls=10)
-    >>> ax = mgf.pl.perturb_volcano(adata, show=False)
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id", max_len=256)
+    >>> mgf.tl.perturb(adata, genes=["CD74", "LYZ", "NKG7", "S100A9"], max_cells=20, n_controls=5)
+    >>> ax = mgf.pl.perturb_volcano(adata, x="shift_vs_expected", p="p_value", show=False)
+    >>> ax.get_xlabel()
+    'cosine shift (1 - cos) minus expected'
     """
     import matplotlib.pyplot as plt
 
@@ -242,11 +246,15 @@ def perturb_shift(
 
     Examples
     --------
+    A small run (each cell's top 256 genes, 20 cells, 5 matched controls per gene):
+
     >>> import mixgf as mgf
     >>> adata = mgf.datasets.pbmc3k()[:300].copy()
-    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id")
-    >>> mgf.tl.perturb(adata, genes=["CD74", "LYZ", "NKG7", "S100A9"], n_controls=10)
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id", max_len=256)
+    >>> mgf.tl.perturb(adata, genes=["CD74", "LYZ", "NKG7", "S100A9"], max_cells=20, n_controls=5)
     >>> ax = mgf.pl.perturb_shift(adata, groupby="cell_type", kind="box", show=False)
+    >>> ax.get_ylabel()
+    'cosine shift (1 - cos)'
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch

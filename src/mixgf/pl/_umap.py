@@ -60,10 +60,12 @@ def umap(
     Examples
     --------
     >>> import mixgf as mgf
-    >>> adata = mgf.datasets.pbmc3k()[:300].copy()
+    >>> adata = mgf.datasets.pbmc3k()[:200].copy()
     >>> mgf.tl.embed(adata)
     >>> mgf.tl.umap(adata)
     >>> ax = mgf.pl.umap(adata, color="cell_type", show=False)
+    >>> ax.get_title()
+    'cell_type'
     """
     import scanpy as sc
 

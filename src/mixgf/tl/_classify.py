@@ -128,9 +128,17 @@ def train_classifier(
 
     Examples
     --------
+    A head on the frozen encoder, trained on each cell's top 64 tokens (fast; ``finetune="all"`` and the full
+    sequences give better classifiers):
+
     >>> import mixgf as mgf
-    >>> adata = mgf.datasets.pbmc3k()[:300].copy()
-    >>> clf = mgf.tl.train_classifier(adata, "cell_type", epochs=1, max_len=128)  # doctest: +SKIP
+    >>> adata = mgf.datasets.pbmc3k()[:200].copy()
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id")
+    >>> clf = mgf.tl.train_classifier(adata, "cell_type", finetune="frozen", max_len=64)
+    >>> clf.classes[:3]
+    ['B cells', 'CD14+ Monocytes', 'CD4 T cells']
+    >>> clf.metadata["n_train"] + clf.metadata["n_val"] == int(adata.obs["cell_type"].notna().sum())
+    True
     """
     from .. import __version__
     from .._cellclassifier import CellClassifier
@@ -257,6 +265,28 @@ def classify(
         Calibrated probabilities; columns in ``adata.uns[key_added]["params"]["classes"]``.
     ``adata.uns[key_added]["params"]`` : dict
         Classes, temperature, model, species of the data and of the classifier, projection coverage.
+
+    Examples
+    --------
+    Train on 200 human PBMCs, classify 100 others:
+
+    >>> import mixgf as mgf
+    >>> pbmc = mgf.datasets.pbmc3k()[:300].copy()
+    >>> mgf.pp.rank_tokenize(pbmc, gene_id_key="gene_id")
+    >>> clf = mgf.tl.train_classifier(pbmc[:200].copy(), "cell_type", finetune="frozen", max_len=64)
+    >>> adata = pbmc[200:].copy()
+    >>> mgf.tl.classify(adata, model=clf)
+    >>> adata.obsm["mixgf_label_proba"].shape
+    (100, 7)
+    >>> bool(adata.obs["mixgf_label"].isin(clf.classes).all())
+    True
+
+    Mouse cells are projected onto their human orthologs first:
+
+    >>> mouse = mgf.datasets.baron_mouse_pancreas()[:50].copy()
+    >>> mgf.tl.classify(mouse, model=clf)
+    >>> mouse.uns["mixgf_label"]["params"]["cross_species"]
+    True
     """
     from .. import __version__
     from .._cellclassifier import CellClassifier

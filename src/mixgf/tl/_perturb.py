@@ -574,12 +574,19 @@ def perturb(
 
     Examples
     --------
+    Delete CD74 and CD79A in 20 of the B cells (each cell's top 256 genes, 5 matched controls per gene, to keep the
+    example fast):
+
     >>> import mixgf as mgf
     >>> adata = mgf.datasets.pbmc3k()[:300].copy()
-    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id")
-    >>> mgf.tl.perturb(adata, genes=["CD74", "LYZ"], cells='cell_type == "B cells"', n_controls=10)
+    >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id", max_len=256)
+    >>> mgf.tl.perturb(adata, genes=["CD74", "CD79A"], cells='cell_type == "B cells"', max_cells=20, n_controls=5)
     >>> mgf.get.perturb_df(adata).columns[:6].tolist()
     ['gene', 'ensembl_id', 'species', 'mode', 'n_cells', 'shift_mean']
+    >>> adata.uns["mixgf_perturb"]["params"]["n_cells_perturbed"]
+    20
+    >>> adata.obsm["mixgf_perturb_shift"].columns.tolist()
+    ['CD74', 'CD79A']
     """
     from .._cellclassifier import CellClassifier
     from ..model import (

@@ -55,11 +55,13 @@ def umap(
     Examples
     --------
     >>> import mixgf as mgf
-    >>> adata = mgf.datasets.pbmc3k()[:300].copy()
+    >>> adata = mgf.datasets.pbmc3k()[:200].copy()
     >>> mgf.tl.embed(adata)  # tokenizes on the fly
     >>> mgf.tl.umap(adata)
     >>> adata.obsm["X_mixgf_umap"].shape
-    (300, 2)
+    (200, 2)
+    >>> "X_umap" in adata.obsm, "mixgf_neighbors" in adata.uns  # scanpy's own keys are left alone
+    (False, True)
     """
     import numpy as np
     import scanpy as sc

@@ -104,7 +104,7 @@ def partition_cells(
     *,
     weights: np.ndarray | Sequence[float] | None = None,
 ) -> list[np.ndarray]:
-    """Split cells ``0 .. n_cells - 1`` into ``world`` contiguous shares.
+    """Split the cells ``range(n_cells)`` into ``world`` contiguous shares.
 
     Every index occurs in exactly one share, in increasing order (no tail is dropped); the split depends only on
     the arguments, so every rank computes the same one.
@@ -258,7 +258,7 @@ def all_gather_rows(
     """Gather every rank's rows into one ``[n_total, ...]`` array, each row at its original position, on every rank.
 
     Ranks may hold different numbers of rows (including none). Rows are exchanged in blocks of about
-    :data:`GATHER_BLOCK_BYTES` per rank, so the transient buffers stay bounded whatever ``n_total``.
+    ``GATHER_BLOCK_BYTES`` (64 MiB) per rank, so the transient buffers stay bounded whatever ``n_total``.
 
     Parameters
     ----------

@@ -176,3 +176,29 @@ def test_tokenize_into_stores_then_embed_them(inputs, pbmc_full, tmp_path, capsy
     capsys.readouterr()
     assert main(["embed", str(other), "-o", str(tmp_path / "emb-v1")]) == 2
     assert "tokenize again with --vocab" in capsys.readouterr().err
+
+
+def test_tokenize_reads_a_counts_layer_of_zarr_and_h5ad_inputs(pbmc_full, tmp_path, capsys):
+    adata = pbmc_full[:150].copy()
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = adata.X.astype(np.float32) / 7  # not counts
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    adata.write_zarr(tmp_path / "b.zarr")
+    ref = pbmc_full[:150].copy()
+    mgf.pp.rank_tokenize(ref, gene_id_key="gene_id")
+    out = tmp_path / "tok"
+    common = ["--gene-id-key", "gene_id", "--shard-cells", "100"]
+    assert main(["tokenize", str(tmp_path / "a.h5ad"), "-o", str(out), *common]) == 2  # X is not counts
+    assert "non-integer" in capsys.readouterr().err
+    assert not list(out.glob("*.tokens.zarr"))  # nothing that looks finished
+    args = ["tokenize", str(tmp_path / "a.h5ad"), str(tmp_path / "b.zarr"), "-o", str(out), *common]
+    assert main([*args, "--layer", "counts"]) == 0
+    for stem in ("a", "b"):
+        stores = [mgf.pp.TokenStore.open(out / f"{stem}-{k:05d}.tokens.zarr") for k in (0, 1)]
+        assert [n for s in stores for n in s.obs_names] == list(ref.obs_names)
+        for s, (a, b) in zip(stores, [(0, 100), (100, 150)]):
+            tokens, lengths = s.padded()
+            np.testing.assert_array_equal(lengths, ref.obs["mixgf_tokens_n_tokens"].to_numpy()[a:b])
+            np.testing.assert_array_equal(tokens, ref.obsm["mixgf_tokens"][a:b, : tokens.shape[1]])
+    assert main([*args, "--layer", "nope", "--overwrite"]) == 2
+    assert "layer 'nope' not found" in capsys.readouterr().err

@@ -112,7 +112,7 @@ def _tokenize(args: argparse.Namespace) -> int:
     kw["vocab"] = vocab
 
     def work(shard, path):
-        adata = read_shard(shard, obs=False)
+        adata = read_shard(shard, obs=False, layer=args.layer)
         mgf.pp.rank_tokenize(adata, store=path, chunk_size=args.chunk_size, **kw)
         cov = adata.uns["mixgf_tokens"]["coverage"]
         return {
@@ -197,7 +197,7 @@ def _embed(args: argparse.Namespace) -> int:
                 sub.uns["mixgf_tokens"] = {"params": dict(store.params)}
                 yield sub
             return
-        adata = read_shard(shard)
+        adata = read_shard(shard, layer=args.counts_layer)
         for a in range(0, adata.n_obs, args.chunk_cells):
             sub = adata[a : a + args.chunk_cells].copy()
             mgf.pp.rank_tokenize(sub, vocab=model.vocab, max_len=args.max_len, **tok_kw)
@@ -270,7 +270,7 @@ def _perturb(args: argparse.Namespace) -> int:
     job = ShardJob(args.output, command="perturb", options=options, suffix=".perturb.h5ad", overwrite=args.overwrite)
 
     def work(shard, path):
-        adata = read_shard(shard)
+        adata = read_shard(shard, layer=args.counts_layer)
         mgf.pp.rank_tokenize(adata, vocab=model.vocab, max_len=args.max_len, **tok_kw)
         adata.X = None
         mgf.tl.perturb(adata, model=model, device=device, **_no_split(mgf.tl.perturb), **pt_kw)

@@ -173,10 +173,11 @@ def _source_signature(path: Path) -> dict[str, Any]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def read_shard(shard: Shard, *, obs: bool = True) -> AnnData:
+def read_shard(shard: Shard, *, obs: bool = True, layer: str | None = None) -> AnnData:
     """The shard's cells as an AnnData whose ``X`` is a lazy dask array (read chunk by chunk when used).
 
-    ``obs`` holds the input's obs columns (``obs=False``: the names only); ``var`` the input's var table.
+    ``obs`` holds the input's obs columns (``obs=False``: the names only); ``var`` the input's var table. With
+    ``layer``, that layer is read lazily into ``layers[layer]`` instead of ``X``.
     """
     import anndata as ad
     import pandas as pd
@@ -186,7 +187,15 @@ def read_shard(shard: Shard, *, obs: bool = True) -> AnnData:
     from ._settings import settings
 
     g = _open_group(shard.path)
-    X = read_elem_lazy(g["X"], chunks=(settings.chunk_size, -1))[shard.start : shard.stop]
+    if layer is None:
+        elem = g["X"]
+    else:
+        names = list(g["layers"].keys()) if "layers" in g else []
+        if layer not in names:
+            msg = f"layer {layer!r} not found in {shard.path}; its layers: {names or 'none'}."
+            raise KeyError(msg)
+        elem = g["layers"][layer]
+    X = read_elem_lazy(elem, chunks=(settings.chunk_size, -1))[shard.start : shard.stop]
     var = read_elem(g["var"])
     if obs:
         obs_df = read_elem(g["obs"]).iloc[shard.start : shard.stop]
@@ -194,7 +203,9 @@ def read_shard(shard: Shard, *, obs: bool = True) -> AnnData:
         obs_df = pd.DataFrame(index=read_obs_names(shard.path)[shard.start : shard.stop])
     obs_df.index = obs_df.index.astype(str)
     var.index = var.index.astype(str)
-    return ad.AnnData(X=X, obs=obs_df, var=var)
+    if layer is None:
+        return ad.AnnData(X=X, obs=obs_df, var=var)
+    return ad.AnnData(obs=obs_df, var=var, layers={layer: X})
 
 
 def _rank_world() -> tuple[int, int]:

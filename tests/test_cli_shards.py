@@ -40,7 +40,7 @@ def _read_embedding(out):
     return ad.concat([ad.read_h5ad(f) for f in files])
 
 
-def test_plan_shards_covers_every_cell_once(inputs):
+def test_plan_shards_covers_every_cell_once(inputs, pbmc_full):
     paths = expand_inputs([inputs])
     assert [p.name for p in paths] == ["part0.h5ad", "part1.h5ad", "part2.h5ad"]
     shards = plan_shards(paths, 50)
@@ -52,6 +52,9 @@ def test_plan_shards_covers_every_cell_once(inputs):
         plan_shards(paths, 0)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         expand_inputs([inputs / "nope.h5ad"])
+    pbmc_full[:0].copy().write_h5ad(inputs / "zzz_empty.h5ad")
+    with pytest.raises(ValueError, match="holds no cells"):
+        plan_shards(expand_inputs([inputs]), 50)
 
 
 def test_embed_shards_match_in_memory_embedding(inputs, pbmc_full, tmp_path, capsys):

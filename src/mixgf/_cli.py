@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -136,8 +137,6 @@ def _quiet(mgf) -> None:
 
 def _run_job(job, shards, work) -> dict:
     """Run a shard job, inside a torch.distributed process group when started by torchrun."""
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return job.run(shards, work)
     import torch
@@ -206,7 +205,8 @@ def _embed(args: argparse.Namespace) -> int:
     def work(shard, path):
         parts, obs = [], []
         for sub in chunks(shard):
-            mgf.tl.embed(sub, model=model, device=device, **_no_split(mgf.tl.embed), **emb_kw)
+            # shards are the unit of work between processes: a shard's cells are not split again
+            mgf.tl.embed(sub, model=model, device=device, distributed=False, **emb_kw)
             parts.append(sub.obsm[args.key_added])
             obs.append(sub.obs)
             params = sub.uns[mgf.tl._utils.uns_key(args.key_added)]["params"]
@@ -219,13 +219,6 @@ def _embed(args: argparse.Namespace) -> int:
     manifest = _run_job(job, shards, work)
     print(f"wrote embeddings of {manifest['n_cells']:,} cells in {len(shards)} shard file(s) to {args.output}")
     return 0
-
-
-def _no_split(func) -> dict:
-    """Shards are the unit of work of the command line: a tool must not split a shard's cells across processes."""
-    import inspect
-
-    return {"distributed": False} if "distributed" in inspect.signature(func).parameters else {}
 
 
 def _concat_obs(frames: list):
@@ -273,7 +266,7 @@ def _perturb(args: argparse.Namespace) -> int:
         adata = read_shard(shard, layer=args.counts_layer)
         mgf.pp.rank_tokenize(adata, vocab=model.vocab, max_len=args.max_len, **tok_kw)
         adata.X = None
-        mgf.tl.perturb(adata, model=model, device=device, **_no_split(mgf.tl.perturb), **pt_kw)
+        mgf.tl.perturb(adata, model=model, device=device, distributed=False, **pt_kw)
         entry = adata.uns["mixgf_perturb"]
         shifts = adata.obsm["mixgf_perturb_shift"]
         scored = ~np.isnan(shifts.to_numpy()).all(axis=1)
@@ -294,8 +287,6 @@ def _perturb(args: argparse.Namespace) -> int:
         return {"n_cells_scored": int(scored.sum()), "n_genes": int(table.shape[0])}
 
     manifest = _run_job(job, shards, work)
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:
         out_dir = Path(args.output)
         tables = []

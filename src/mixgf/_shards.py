@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
@@ -53,13 +55,10 @@ def _is_zarr_anndata(path: Path) -> bool:
 
 
 def is_token_store(path: Path) -> bool:
-    """Whether ``path`` is a token store written by :func:`mixgf.pp.rank_tokenize` (``store=``)."""
-    if not path.is_dir() or not (path / MANIFEST).exists():
-        return False
-    try:
-        return json.loads((path / MANIFEST).read_text()).get("format") == "mixgf-tokens"
-    except (OSError, ValueError):
-        return False
+    """Whether ``path`` is a complete token store written by :func:`mixgf.pp.rank_tokenize` (``store=``)."""
+    from .pp._store import _store_state
+
+    return _store_state(path) == "complete"
 
 
 def expand_inputs(paths: Sequence[str | os.PathLike], *, stores: bool = False) -> list[Path]:
@@ -101,7 +100,8 @@ def expand_inputs(paths: Sequence[str | os.PathLike], *, stores: bool = False) -
     return out
 
 
-def _stem(path: Path) -> str:
+def input_stem(path: Path) -> str:
+    """A file's name without ``.tokens.zarr``, ``.h5ad`` or ``.zarr``."""
     name = path.name
     for suffix in (".tokens.zarr", ".h5ad", ".zarr"):
         if name.endswith(suffix):
@@ -113,6 +113,15 @@ def n_cells_of(path: Path) -> int:
     """Number of cells of an AnnData file or token store, read from its metadata only."""
     if is_token_store(path):
         return int(json.loads((path / MANIFEST).read_text())["n_cells"])
+    g = _open_group(path)
+    try:
+        obs = g["obs"]
+        index = obs[obs.attrs.get("_index", "_index")]
+        if hasattr(index, "shape"):  # a string array: its length, without reading it
+            return int(index.shape[0])
+    finally:
+        if hasattr(g, "close"):
+            g.close()
     return len(read_obs_names(path))
 
 
@@ -126,16 +135,19 @@ def _open_group(path: Path) -> Any:
     return h5py.File(path, "r")
 
 
-def read_obs_names(path: Path) -> Any:
-    """The obs names of an AnnData file, without reading its matrices."""
+def read_obs_names(path: Path, start: int = 0, stop: int | None = None) -> Any:
+    """The obs names ``start:stop`` of an AnnData file, without reading its matrices or the other names."""
     import pandas as pd
     from anndata.io import read_elem
 
     g = _open_group(path)
     try:
         obs = g["obs"]
-        index_key = obs.attrs.get("_index", "_index")
-        return pd.Index(read_elem(obs[index_key]), name=None)
+        index = obs[obs.attrs.get("_index", "_index")]
+        if index.attrs.get("encoding-type") == "string-array":  # read just the slice
+            part = index.asstr()[start:stop] if hasattr(index, "asstr") else index[start:stop]
+            return pd.Index(np.asarray(part, dtype=object), name=None)
+        return pd.Index(read_elem(index), name=None)[start:stop]
     finally:
         if hasattr(g, "close"):
             g.close()
@@ -146,11 +158,14 @@ def plan_shards(inputs: Sequence[Path], shard_cells: int | None) -> list[Shard]:
     if shard_cells is not None and shard_cells < 1:
         msg = f"shard_cells must be >= 1, got {shard_cells}."
         raise ValueError(msg)
-    stems = [_stem(p) for p in inputs]
+    stems = [input_stem(p) for p in inputs]
     names = [s if stems.count(s) == 1 else f"{s}-{i}" for i, s in enumerate(stems)]
     shards: list[Shard] = []
     for name, path in zip(names, inputs):
         n = n_cells_of(path)
+        if n == 0:
+            msg = f"input {str(path)!r} holds no cells; leave it out of the job."
+            raise ValueError(msg)
         if shard_cells is None or n <= shard_cells:
             shards.append(Shard(name, path, 0, n))
             continue
@@ -200,22 +215,12 @@ def read_shard(shard: Shard, *, obs: bool = True, layer: str | None = None) -> A
     if obs:
         obs_df = read_elem(g["obs"]).iloc[shard.start : shard.stop]
     else:
-        obs_df = pd.DataFrame(index=read_obs_names(shard.path)[shard.start : shard.stop])
+        obs_df = pd.DataFrame(index=read_obs_names(shard.path, shard.start, shard.stop))
     obs_df.index = obs_df.index.astype(str)
     var.index = var.index.astype(str)
     if layer is None:
         return ad.AnnData(X=X, obs=obs_df, var=var)
     return ad.AnnData(obs=obs_df, var=var, layers={layer: X})
-
-
-def _rank_world() -> tuple[int, int]:
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return 0, 1
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _barrier() -> None:
@@ -315,7 +320,9 @@ class ShardJob:
         -------
         The job manifest (also written to ``out_dir / "manifest.json"`` by rank 0).
         """
-        rank, world = _rank_world()
+        from .model import rank_world
+
+        rank, world = rank_world()
         if rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         _barrier()

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import _logging as logg
+from ._shards import input_stem
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -73,13 +74,6 @@ def _store_entry(entry: Any) -> tuple[TokenStore, dict[str, Any]] | None:
     if isinstance(entry, str | Path) and Path(entry).is_dir():  # .h5ad files are files; stores are directories
         return TokenStore.open(entry), {}
     return None
-
-
-def _store_label(store: TokenStore) -> str:
-    name = store.path.name
-    for suffix in (".zarr", ".tokens"):
-        name = name.removesuffix(suffix)
-    return name
 
 
 def _read(entry: AnnData | str | Path | Mapping[str, Any]) -> tuple[AnnData, dict[str, Any]]:
@@ -230,7 +224,7 @@ def pretrain(
         opened = _store_entry(entry)
         if opened is not None:
             store, spec = opened
-            label = spec.get("name") or _store_label(store)
+            label = spec.get("name") or input_stem(store.path)
             hold = split_holdout(store.n_cells, holdout_fraction, holdout_seed + i)
             heldout[label] = store.obs_names[hold].tolist()
             entries.append(("store", store, np.flatnonzero(~hold & (store.lengths > 0)), {**spec, "name": label}))
@@ -242,7 +236,7 @@ def pretrain(
         entries.append(("adata", adata[~hold].copy() if hold.any() else adata, {**spec, "name": label}))
     vocab = _corpus_vocab(vocab, entries, name=name, max_len=max_len)
 
-    parts, lengths, species, per_dataset = [], [], [], []
+    parts, species, per_dataset = [], [], []
     sp_code = {"human": 0, "mouse": 1}
     for kind, *rest in entries:
         if kind == "store":  # rows stay on disk; only the lengths of the training cells are read
@@ -261,7 +255,6 @@ def pretrain(
             part = PaddedRows(tok.obsm["mixgf_tokens"][keep], n[keep])
             del tok
         parts.append(part)
-        lengths.append(part.lengths)
         species.append(np.full(len(part.lengths), sp_code[sp_name], dtype=np.int8))
         per_dataset.append({"name": spec["name"], "species": sp_name, "cells": len(part.lengths)})
     to_other = np.full(len(vocab), -1, dtype=np.int64)

@@ -258,6 +258,19 @@ def _own_score(ranks: sp.csr_matrix, cells: np.ndarray, token: int, mode: str) -
 
 
 # -- statistics ----------------------------------------------------------------------------------------------------
+def _interp_weights(x: float, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``xs`` (sorted) and weights with which :func:`numpy.interp` predicts at ``x`` (flat beyond the ends)."""
+    n = xs.shape[0]
+    if x <= xs[0]:
+        return np.array([0]), np.array([1.0])
+    if x >= xs[-1]:
+        return np.array([n - 1]), np.array([1.0])
+    j = int(np.searchsorted(xs, x, side="right"))
+    gap = xs[j] - xs[j - 1]
+    a = (x - xs[j - 1]) / gap if gap > 0 else 0.5
+    return np.array([j - 1, j]), np.array([1.0 - a, a])
+
+
 def _matched_test(
     shifts: np.ndarray,
     applicable: np.ndarray,
@@ -270,10 +283,17 @@ def _matched_test(
 
     In every cell where the tested set is perturbed, its expected shift is interpolated between the controls nearest
     to it in rank in that cell (flat beyond the outermost control), and its residual is its shift minus that; each
-    control's residual is interpolated in the same way from the other controls, so that the tested set and its
-    controls are treated alike. Residuals are averaged over the cells, and the tested set's mean residual is compared
-    with its controls' mean residuals by a prediction-interval t-test
-    (``t = (x - mean(y)) / (sd(y) * sqrt(1 + 1/K))``, ``K - 1`` degrees of freedom).
+    control's residual is interpolated in the same way from the other controls present in the cell. Residuals are
+    averaged per gene over its cells: ``d = A u`` where ``A`` (from the interpolation weights) maps the genes' own
+    effects ``u`` to their mean residuals. Under the null the tested set and its controls are exchangeable genes
+    (``u`` independent with a common variance), so the variance of ``d_0 - mean(d_controls)`` relative to the
+    expected sample variance of ``d_controls`` is known from ``A``:
+    ``t = (d_0 - mean(d_c)) / sqrt(var(d_c) * kappa)`` with ``kappa = c'AA'c / (tr(H A_c A_c' H) / (K - 1))`` and
+    Satterthwaite degrees of freedom from the eigenvalues of ``H A_c A_c' H`` (``H`` centres the K controls).
+    Were the mean residuals independent with equal variances (``AA' = I``) this would be the prediction-interval
+    t-test (``kappa = 1 + 1/K``, ``K - 1`` degrees of freedom); they are not: interpolation correlates neighbouring
+    controls, and a gene seen in several cells, whose controls change order between cells or lie on one side of it,
+    has a mean residual of another variance than its controls'. Accounting for that keeps the test's size.
     """
     from scipy import stats
 
@@ -303,39 +323,58 @@ def _matched_test(
         if n_ctrl[s] < 3:
             continue
         y, ok, cols = y[:, keep], ok[:, keep], cols[keep]
+        k = cols.shape[0]
         sub_ranks = ranks[rows]
         r = rank_matrix(sub_ranks, [sets[c] for c in cols])
         r0 = rank_matrix(sub_ranks, [sets[s]])[:, 0]
-        # In each cell, a set's expected shift is interpolated between the controls nearest to it in rank (flat
-        # beyond the outermost ones); each control's own residual is interpolated from the other controls, so the
-        # tested set and its controls are treated alike.
-        x_res, pred, ctrl_res = [], [], np.full(y.shape, np.nan)
+        # genes: 0 = the tested set, 1..k = its controls; A accumulates each cell's residual operator
+        a_sum = np.zeros((k + 1, k + 1))
+        resid_sum = np.zeros(k + 1)
+        n_obs = np.zeros(k + 1)
+        pred = []
         for i in range(rows.shape[0]):
             a = np.flatnonzero(ok[i])
             if a.shape[0] < 3:
                 continue
             order = a[np.argsort(r[i, a], kind="stable")]
             rr, yy = r[i, order], y[i, order]
-            e = np.interp(r0[i], rr, yy)
+            pos, w = _interp_weights(float(r0[i]), rr)
+            e = float(w @ yy[pos])
             pred.append(e)
-            x_res.append(shifts[rows[i], s] - e)
+            a_sum[0, 0] += 1.0
+            a_sum[0, 1 + order[pos]] -= w
+            resid_sum[0] += shifts[rows[i], s] - e
+            n_obs[0] += 1
             for j in range(order.shape[0]):
-                others = np.delete(np.arange(order.shape[0]), j)
-                ctrl_res[i, order[j]] = yy[j] - np.interp(rr[j], rr[others], yy[others])
-        if not x_res:
+                others = np.delete(order, j)
+                pos, w = _interp_weights(float(rr[j]), np.delete(rr, j))
+                g = 1 + order[j]
+                a_sum[g, g] += 1.0
+                a_sum[g, 1 + others[pos]] -= w
+                resid_sum[g] += yy[j] - float(w @ np.delete(yy, j)[pos])
+                n_obs[g] += 1
+        if n_obs[0] == 0:
             continue
         expected[s] = float(np.mean(pred))
-        x = float(np.mean(x_res))
-        counts = (~np.isnan(ctrl_res)).sum(axis=0)
-        yk = np.nansum(ctrl_res, axis=0)[counts > 0] / counts[counts > 0]
-        k = yk.shape[0]
-        if k < 3:
+        seen = n_obs > 0
+        seen[0] = True
+        if seen[1:].sum() < 3:
             continue
-        sd = float(yk.std(ddof=1))
-        if not sd > 0:
+        amat = a_sum[seen] / n_obs[seen][:, None]
+        d = resid_sum[seen] / n_obs[seen]
+        kk = d.shape[0] - 1
+        cov = amat @ amat.T  # covariance of the mean residuals, in units of the genes' common variance
+        centre = np.eye(kk) - 1.0 / kk
+        spread = centre @ cov[1:, 1:] @ centre
+        ev = np.clip(np.linalg.eigvalsh(spread), 0.0, None)
+        q = float(d[1:].var(ddof=1))
+        if not (q > 0 and ev.sum() > 0):
             continue
-        t_stat[s] = (x - float(yk.mean())) / (sd * np.sqrt(1 + 1 / k))
-        p[s] = 2 * stats.t.sf(abs(t_stat[s]), k - 1)
+        contrast = np.concatenate([[1.0], np.full(kk, -1.0 / kk)])
+        kappa = float(contrast @ cov @ contrast) / (ev.sum() / (kk - 1))
+        df = ev.sum() ** 2 / (ev**2).sum()
+        t_stat[s] = float(contrast @ d) / np.sqrt(q * kappa)
+        p[s] = 2 * stats.t.sf(abs(t_stat[s]), df)
     return expected, n_ctrl, t_stat, p
 
 
@@ -480,11 +519,12 @@ def perturb(
         tested gene's expected shift is interpolated between the controls nearest to it in rank (its mean is
         ``expected_shift``, the difference ``shift_vs_expected``), and each control's residual is interpolated from
         the other controls in the same way. The tested gene's mean residual over the cells is compared with its
-        controls' by a two-sided prediction-interval t-test (``K - 1`` degrees of freedom). It asks whether the gene
-        moves the cells more (or less) than a gene of the same expression rank would, and assumes that a null gene
-        is exchangeable with its rank-matched controls and that their mean residuals are roughly normal. It is
-        conservative for genes scored in several cells (see the perturbation guide's calibration section). The
-        unit of replication is the gene, not the cell. With ``genes="all"`` the controls are the other perturbed
+        controls' by a two-sided t-test whose scale and degrees of freedom come from the interpolation weights:
+        the mean residuals are linear combinations of the genes' own effects, correlated between neighbouring
+        controls and of unequal variance when the controls change order between cells (the perturbation guide
+        gives the formula). It asks whether the gene moves the cells more (or less) than a gene of the same
+        expression rank would, and assumes that a null gene is exchangeable with its rank-matched controls and
+        that their mean residuals are roughly normal. The unit of replication is the gene, not the cell. With ``genes="all"`` the controls are the other perturbed
         genes (no extra work); with a gene list they cost ``n_controls`` extra perturbations per gene and cell.
     ``"geneformer"``
         Geneformer's ``InSilicoPerturberStats`` statistic: Wilcoxon rank-sum of the gene's per-cell shifts against

@@ -258,17 +258,25 @@ def _own_score(ranks: sp.csr_matrix, cells: np.ndarray, token: int, mode: str) -
 
 
 # -- statistics ----------------------------------------------------------------------------------------------------
-def _interp_weights(x: float, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions in ``xs`` (sorted) and weights with which :func:`numpy.interp` predicts at ``x`` (flat beyond the ends)."""
-    n = xs.shape[0]
-    if x <= xs[0]:
-        return np.array([0]), np.array([1.0])
-    if x >= xs[-1]:
-        return np.array([n - 1]), np.array([1.0])
-    j = int(np.searchsorted(xs, x, side="right"))
-    gap = xs[j] - xs[j - 1]
-    a = (x - xs[j - 1]) / gap if gap > 0 else 0.5
-    return np.array([j - 1, j]), np.array([1.0 - a, a])
+def _interp_rows(x: np.ndarray, xs: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The weights with which :func:`numpy.interp` predicts at ``x`` (flat beyond the ends), for many rows at once.
+
+    ``xs`` holds one ascending row per query, its first ``m`` entries valid (the rest ``inf``). Returns the two
+    positions and the weight of the second: the prediction is ``(1 - a) * v[lo] + a * v[hi]``.
+    """
+    rows = np.arange(xs.shape[0])
+    first, last = xs[:, 0], xs[rows, m - 1]
+    flat_lo = x <= first
+    flat_hi = ~flat_lo & (x >= last)
+    j = np.clip((xs <= x[:, None]).sum(axis=1), 1, np.maximum(m - 1, 1))
+    left, right = xs[rows, j - 1], xs[rows, j]
+    gap = right - left
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = np.where(gap > 0, (x - left) / np.where(gap > 0, gap, 1.0), 0.5)
+    lo = np.where(flat_lo, 0, np.where(flat_hi, m - 1, j - 1))
+    hi = np.where(flat_lo, 0, np.where(flat_hi, m - 1, j))
+    a = np.where(flat_lo | flat_hi, 0.0, a)
+    return lo, hi, a
 
 
 def _matched_test(
@@ -331,31 +339,44 @@ def _matched_test(
         a_sum = np.zeros((k + 1, k + 1))
         resid_sum = np.zeros(k + 1)
         n_obs = np.zeros(k + 1)
-        pred = []
-        for i in range(rows.shape[0]):
-            a = np.flatnonzero(ok[i])
-            if a.shape[0] < 3:
-                continue
-            order = a[np.argsort(r[i, a], kind="stable")]
-            rr, yy = r[i, order], y[i, order]
-            pos, w = _interp_weights(float(r0[i]), rr)
-            e = float(w @ yy[pos])
-            pred.append(e)
-            a_sum[0, 0] += 1.0
-            a_sum[0, 1 + order[pos]] -= w
-            resid_sum[0] += shifts[rows[i], s] - e
-            n_obs[0] += 1
-            for j in range(order.shape[0]):
-                others = np.delete(order, j)
-                pos, w = _interp_weights(float(rr[j]), np.delete(rr, j))
-                g = 1 + order[j]
-                a_sum[g, g] += 1.0
-                a_sum[g, 1 + others[pos]] -= w
-                resid_sum[g] += yy[j] - float(w @ np.delete(yy, j)[pos])
-                n_obs[g] += 1
+        # per cell, the controls present sorted by rank (absent ones last, at +inf)
+        m = ok.sum(axis=1)
+        use = m >= 3
+        if not use.any():
+            continue
+        r_use, y_use, ok_use, m = r[use], y[use], ok[use], m[use]
+        keyed = np.where(ok_use, r_use, np.inf)
+        order = np.argsort(keyed, axis=1, kind="stable")
+        sr = np.take_along_axis(keyed, order, axis=1)
+        sy = np.take_along_axis(np.where(ok_use, y_use, 0.0), order, axis=1)
+        cells = np.arange(sr.shape[0])
+        # the tested set, interpolated from all of the cell's controls
+        lo, hi, w = _interp_rows(r0[use], sr, m)
+        pred = (1 - w) * sy[cells, lo] + w * sy[cells, hi]
+        a_sum[0, 0] += cells.shape[0]
+        np.add.at(a_sum[0], 1 + order[cells, lo], -(1 - w))
+        np.add.at(a_sum[0], 1 + order[cells, hi], -w)
+        resid_sum[0] += float((shifts[rows[use], s] - pred).sum())
+        n_obs[0] += cells.shape[0]
+        # every control, interpolated from the cell's other controls (leave one out)
+        kc = sr.shape[1]
+        drop = np.array([np.delete(np.arange(kc), q) for q in range(kc)])  # [q, kc - 1]: positions without q
+        cell_q, q = np.nonzero(np.arange(kc)[None, :] < m[:, None])
+        others = drop[q]  # [pairs, kc - 1] positions in the sorted row
+        o_r = sr[cell_q[:, None], others]
+        lo, hi, w = _interp_rows(sr[cell_q, q], o_r, m[cell_q] - 1)
+        lo_pos, hi_pos = others[np.arange(q.shape[0]), lo], others[np.arange(q.shape[0]), hi]
+        pred_c = (1 - w) * sy[cell_q, lo_pos] + w * sy[cell_q, hi_pos]
+        g = 1 + order[cell_q, q]
+        flat = a_sum.reshape(-1)
+        np.add.at(flat, g * (k + 1) + g, 1.0)
+        np.add.at(flat, g * (k + 1) + 1 + order[cell_q, lo_pos], -(1 - w))
+        np.add.at(flat, g * (k + 1) + 1 + order[cell_q, hi_pos], -w)
+        np.add.at(resid_sum, g, sy[cell_q, q] - pred_c)
+        np.add.at(n_obs, g, 1.0)
         if n_obs[0] == 0:
             continue
-        expected[s] = float(np.mean(pred))
+        expected[s] = float(pred.mean())
         seen = n_obs > 0
         seen[0] = True
         if seen[1:].sum() < 3:
@@ -372,6 +393,8 @@ def _matched_test(
             continue
         contrast = np.concatenate([[1.0], np.full(kk, -1.0 / kk)])
         kappa = float(contrast @ cov @ contrast) / (ev.sum() / (kk - 1))
+        if not kappa > 0:
+            continue
         df = ev.sum() ** 2 / (ev**2).sum()
         t_stat[s] = float(contrast @ d) / np.sqrt(q * kappa)
         p[s] = 2 * stats.t.sf(abs(t_stat[s]), df)

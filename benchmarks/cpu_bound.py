@@ -42,12 +42,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -232,19 +229,11 @@ def time_reference_gene_list(ckpt: Path, tokens: np.ndarray, lengths: np.ndarray
 def machine() -> str:
     import torch
 
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    m = embed_bench.machine(argparse.Namespace(device="cpu"))
     return (
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
-        f"threads; Python {platform.python_version()}, torch {torch.__version__}, transformers "
-        f"{version('transformers')}; load average {load:.2f} at the start"
+        f"{m['date']}; {m['cpu']}, {m['cores']} cores, {torch.get_num_threads()} torch threads; Python "
+        f"{m['python']}, torch {m['versions']['torch']}, transformers {m['versions']['transformers']}; load "
+        f"average {m['load_start']:.2f} at the start"
     )
 
 

@@ -153,17 +153,13 @@ def bounds(w: dict, rates: dict) -> dict:
     lengths = np.array(sorted(rates["attention"]))
     att_rate = np.interp(np.sqrt(w["mixgf_attention"] / (4.0 * H)), lengths, [rates["attention"][x] for x in lengths])
     kernel_s = w["mixgf_linear"] / (lin_rate * 1e9) + float((w["mixgf_attention"] / (att_rate * 1e9)).sum())
-    return {
-        "peak_gflops": peak,
-        "linear_gflops": lin_rate,
-        "peak_s": w["mixgf_total"] / (peak * 1e9),
-        "kernel_s": kernel_s,
-    }
+    return {"peak_s": w["mixgf_total"] / (peak * 1e9), "kernel_s": kernel_s}
 
 
-def embed_cells(max_len: int, tmp: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+def embed_cells(n_cells: int, max_len: int, tmp: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """The first ``n_cells`` of ``embed.py``'s pbmc3k cells at ``max_len``: the h5ad, tokens and lengths."""
     path = tmp / f"cells_{max_len}.h5ad"
-    embed_bench.make_cells(256, max_len, path)
+    embed_bench.make_cells(n_cells, max_len, path)
     tokens, lengths = embed_bench.read_tokens(path)
     return path, tokens, lengths
 
@@ -265,9 +261,8 @@ def main(argv: list[str] | None = None) -> None:
         for max_len in (2_048, 512):
             name = f"embed-{max_len}"
             print(f"  {name} ...", flush=True)
-            h5ad, tokens, lengths = embed_cells(max_len, tmp)
-            timed_lengths = lengths[: args.sample]  # the arithmetic of the cells that are timed
-            w = workload(timed_lengths, LAYERS - 1, gf_batches(timed_lengths, 16), len(timed_lengths))
+            h5ad, tokens, lengths = embed_cells(args.sample, max_len, tmp)  # exactly the cells that are timed
+            w = workload(lengths, LAYERS - 1, gf_batches(lengths, 16), len(lengths))
             ref_s = time_reference_embed(ckpt, tokens, lengths, args.sample)
             mix_s = time_mixgf_embed(ckpt, h5ad, args.sample)
             rows.append({"name": name, "unit": "cell", "w": w, "ref_s": ref_s, "mixgf_s": mix_s})
@@ -337,9 +332,10 @@ def section(info: str, rates: dict, rows: list[dict], args: argparse.Namespace) 
         "at the oneDNN rate of their shapes, attention at the fused kernel's rate for each sequence's length. "
         "Every row counts the arithmetic of the inputs that are timed: the Geneformer way on the first "
         f"{args.sample} cells (embedding), {args.copies} copies (delete-all) and {args.list_cells} cells x 10 copies "
-        f"(gene list) of the workloads above; `mgf.tl.embed` on the same {args.sample} cells. Units: cells for embedding, perturbed copies "
-        "for perturbation (each cell's original is embedded once and counted in the work). A speed-up goal above "
-        'the column "largest speed-up the peak allows" cannot be met in fp32 on this machine.',
+        f"(gene list) of the workloads above; `mgf.tl.embed` on the same {args.sample} cells. Units: cells for "
+        "embedding, perturbed copies for perturbation (each cell's original is embedded once and counted in the "
+        'work). A speed-up goal above the column "largest speed-up the peak allows" cannot be met in fp32 on this '
+        "machine.",
         "",
         "Command:",
         "",

@@ -360,7 +360,8 @@ def _matched_test(
         n_obs[0] += cells.shape[0]
         # every control, interpolated from the cell's other controls (leave one out)
         kc = sr.shape[1]
-        drop = np.array([np.delete(np.arange(kc), q) for q in range(kc)])  # [q, kc - 1]: positions without q
+        pos = np.arange(kc - 1)
+        drop = pos[None, :] + (pos[None, :] >= np.arange(kc)[:, None])  # [q, kc - 1]: the positions other than q
         cell_q, q = np.nonzero(np.arange(kc)[None, :] < m[:, None])
         others = drop[q]  # [pairs, kc - 1] positions in the sorted row
         o_r = sr[cell_q[:, None], others]
@@ -374,11 +375,8 @@ def _matched_test(
         np.add.at(flat, g * (k + 1) + 1 + order[cell_q, hi_pos], -w)
         np.add.at(resid_sum, g, sy[cell_q, q] - pred_c)
         np.add.at(n_obs, g, 1.0)
-        if n_obs[0] == 0:
-            continue
         expected[s] = float(pred.mean())
-        seen = n_obs > 0
-        seen[0] = True
+        seen = n_obs > 0  # the tested set always is; a control may be present in too few cells to be scored
         if seen[1:].sum() < 3:
             continue
         amat = a_sum[seen] / n_obs[seen][:, None]
@@ -388,15 +386,15 @@ def _matched_test(
         centre = np.eye(kk) - 1.0 / kk
         spread = centre @ cov[1:, 1:] @ centre
         ev = np.clip(np.linalg.eigvalsh(spread), 0.0, None)
-        q = float(d[1:].var(ddof=1))
-        if not (q > 0 and ev.sum() > 0):
+        ctrl_var = float(d[1:].var(ddof=1))
+        if not (ctrl_var > 0 and ev.sum() > 0):
             continue
         contrast = np.concatenate([[1.0], np.full(kk, -1.0 / kk)])
         kappa = float(contrast @ cov @ contrast) / (ev.sum() / (kk - 1))
         if not kappa > 0:
             continue
         df = ev.sum() ** 2 / (ev**2).sum()
-        t_stat[s] = float(contrast @ d) / np.sqrt(q * kappa)
+        t_stat[s] = float(contrast @ d) / np.sqrt(ctrl_var * kappa)
         p[s] = 2 * stats.t.sf(abs(t_stat[s]), df)
     return expected, n_ctrl, t_stat, p
 
@@ -547,8 +545,9 @@ def perturb(
         controls and of unequal variance when the controls change order between cells (the perturbation guide
         gives the formula). It asks whether the gene moves the cells more (or less) than a gene of the same
         expression rank would, and assumes that a null gene is exchangeable with its rank-matched controls and
-        that their mean residuals are roughly normal. The unit of replication is the gene, not the cell. With ``genes="all"`` the controls are the other perturbed
-        genes (no extra work); with a gene list they cost ``n_controls`` extra perturbations per gene and cell.
+        that their mean residuals are roughly normal. The unit of replication is the gene, not the cell. With
+        ``genes="all"`` the controls are the other perturbed genes (no extra work); with a gene list they cost
+        ``n_controls`` extra perturbations per gene and cell.
     ``"geneformer"``
         Geneformer's ``InSilicoPerturberStats`` statistic: Wilcoxon rank-sum of the gene's per-cell shifts against
         the per-cell shifts of all perturbed genes pooled (the tested gene included; down-sampled to 100,000 values,

@@ -37,6 +37,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.neighbors import KNeighborsClassifier
 
 import mixgf as mgf
+from mixgf._models._mixgeneformer import DEFAULT_MODEL_DIR
 from mixgf.tl._classify import expected_calibration_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +128,7 @@ def main() -> None:
     mgf.settings.verbosity = "warning"
     torch.manual_seed(0)
     model = mgf.MixGeneformer.load()
-    held = json.loads((Path(mgf._pretrained.DEFAULT_MODEL_DIR) / "heldout.json").read_text())
+    held = json.loads((Path(DEFAULT_MODEL_DIR) / "heldout.json").read_text())
     d = args.shared / "data"
     rows, cals, notes = [], [], []
     t0 = time.perf_counter()

@@ -113,7 +113,7 @@ def _data_doc_comments(app, what, name, obj, options, lines):
     """Document a re-exported constant with its ``#:`` comment instead of its type's docstring.
 
     autodoc looks for ``#:`` comments only in the module it documents (``mixgf.model``), not in the private
-    module that assigns the constant (``mixgf.model._batching``), and falls back to ``type(obj).__doc__``
+    module that assigns the constant (``mixgf.engine._inference``), and falls back to ``type(obj).__doc__``
     (the docstring of ``int``, ``dict``, ...).
     """
     if what != "data":

@@ -12,7 +12,7 @@ measure on the held-out cells, in the same run, against simple baselines:
   architecture with random weights;
 - nearest-neighbour cell-type agreement of the embeddings vs. PCA of log-normalised counts (and random weights).
 
-``--install`` copies the model into ``src/mixgf/model/default`` and its vocabulary into the ``mixgf`` preset;
+``--install`` copies the model into ``src/mixgf/_models/default`` and its vocabulary into the ``mixgf`` preset;
 ``docs/model_card.md`` is always written.
 """
 
@@ -36,8 +36,8 @@ import scanpy as sc
 import torch
 
 import mixgf as mgf
-from mixgf._metrics import knn_label_agreement
-from mixgf._pretrained import DEFAULT_MODEL_DIR, MixGeneformer
+from mixgf._models._mixgeneformer import DEFAULT_MODEL_DIR, MixGeneformer
+from mixgf.engine._metrics import knn_label_agreement
 from mixgf.model import BertEncoderModel, embed_tokens
 
 ROOT = Path(__file__).resolve().parents[1]

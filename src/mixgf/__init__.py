@@ -13,15 +13,9 @@ functions that need them.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from . import datasets, genes, get, pl, pp, tl
 from ._settings import settings
-
-try:
-    __version__ = version("mixgf")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+from ._version import __version__
 
 __all__ = [
     "CellClassifier",
@@ -43,15 +37,15 @@ __all__ = [
 def __getattr__(name: str):
     # torch is imported only when the model side is first used
     if name == "CellClassifier":
-        from ._cellclassifier import CellClassifier
+        from ._models._classifier import CellClassifier
 
         return CellClassifier
     if name in ("MixGeneformer", "load_model"):
-        from . import _pretrained
+        from ._models import _mixgeneformer
 
-        return getattr(_pretrained, name)
+        return getattr(_mixgeneformer, name)
     if name == "pretrain":
-        from ._training import pretrain
+        from ._models._pretrain import pretrain
 
         return pretrain
     if name == "model":

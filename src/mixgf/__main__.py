@@ -1,5 +1,5 @@
 """``python -m mixgf`` runs the command line."""
 
-from mixgf._cli import main
+from mixgf.cli import main
 
 raise SystemExit(main())

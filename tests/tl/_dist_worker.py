@@ -15,7 +15,7 @@ import numpy as np
 import torch.distributed as dist
 
 import mixgf as mgf
-from mixgf.model import _distributed
+from mixgf.engine import _distributed
 
 N_CELLS = 101  # odd: the two shares differ, no tail may be dropped
 MAX_LEN = 512

@@ -1,4 +1,4 @@
-"""Pure-torch model core of mixgf.
+"""Pure-torch model core of mixgf (the public names of :mod:`mixgf.module` and the engines below the tools).
 
 A BERT encoder numerically equivalent to Hugging Face ``BertForMaskedLM`` (the Geneformer
 architecture), cell embedding with token-budget batching, and safe checkpoint I/O.
@@ -25,15 +25,29 @@ Main entry points
 
 from __future__ import annotations
 
-from ._batching import (
-    DEFAULT_TOKEN_BUDGET_CPU,
-    DEFAULT_TOKEN_BUDGET_CUDA,
-    embed_tokens,
-    make_batches,
-    resolve_device,
-    resolve_dtype,
+from ..engine._device import rank_device, resolve_device, resolve_dtype
+from ..engine._distributed import (
+    all_gather_rows,
+    all_reduce_scalar,
+    is_distributed,
+    partition_cells,
+    rank_world,
+    use_distributed,
 )
-from ._checkpoint import (
+from ..engine._gene_states import token_state_means
+from ..engine._inference import DEFAULT_TOKEN_BUDGET_CPU, DEFAULT_TOKEN_BUDGET_CUDA, embed_tokens, make_batches
+from ..engine.perturb._copies import PERTURB_MODES, PerturbationResult, perturb_cell, perturbation_shifts
+from ..engine.train._classifier import FinetuneConfig, finetune_classifier, fit_temperature, predict_logits
+from ..engine.train._pretrain import (
+    ConcatRows,
+    PaddedRows,
+    PretrainConfig,
+    RowSource,
+    TokenCorpus,
+    latest_checkpoint,
+    pretrain_encoder,
+)
+from ..module._checkpoint import (
     FORMAT_VERSION,
     LoadedModel,
     check_state_dict,
@@ -44,19 +58,8 @@ from ._checkpoint import (
     save_model_dir,
     verify_model_dir,
 )
-from ._classifier import ClassifierHead, FinetuneConfig, finetune_classifier, fit_temperature, predict_logits
-from ._config import SUPPORTED_ACTIVATIONS, EncoderConfig
-from ._distributed import (
-    all_gather_rows,
-    all_reduce_scalar,
-    is_distributed,
-    local_share,
-    partition_cells,
-    rank_device,
-    rank_world,
-    use_distributed,
-)
-from ._encoder import (
+from ..module._config import SUPPORTED_ACTIVATIONS, EncoderConfig
+from ..module._encoder import (
     BertEncoderModel,
     EncoderLayer,
     MLMHead,
@@ -65,19 +68,9 @@ from ._encoder import (
     resolve_layer,
     varlen_available,
 )
-from ._genes import token_state_means
-from ._losses import info_nce, mask_tokens, mean_pool
-from ._perturb import PERTURB_MODES, PerturbationResult, perturb_cell, perturbation_shifts
-from ._pooling import gene_token_mask, pool_packed, pool_padded
-from ._pretrain import (
-    ConcatRows,
-    PaddedRows,
-    PretrainConfig,
-    RowSource,
-    TokenCorpus,
-    latest_checkpoint,
-    pretrain_encoder,
-)
+from ..module._heads import ClassifierHead
+from ..module._losses import info_nce, mask_tokens
+from ..module._pooling import gene_token_mask, pool_packed, pool_padded
 
 __all__ = [
     "DEFAULT_TOKEN_BUDGET_CPU",
@@ -113,10 +106,8 @@ __all__ = [
     "is_distributed",
     "latest_checkpoint",
     "load_model_dir",
-    "local_share",
     "make_batches",
     "mask_tokens",
-    "mean_pool",
     "packed_position_ids",
     "partition_cells",
     "perturb_cell",

@@ -9,9 +9,9 @@ import pandas as pd
 
 from .. import _logging as logg
 from .._settings import settings
+from ..engine._tokenize import check_values
 from ..genes import map_to_ensembl
 from ._input import get_matrix, iter_csr_chunks
-from ._kernels import check_values
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -28,6 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._utils._files import atomic_write_json
+from .._version import __version__
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
@@ -248,8 +251,6 @@ class TokenStoreWriter:
 
     def finish(self, obs_names: Sequence[str], params: dict, coverage: dict | None = None) -> TokenStore:
         """Write the remaining tokens, ``offsets``, ``obs_names`` and, last, the manifest; return the reader."""
-        from .. import __version__
-
         if self._state != "open":
             msg = "open the writer first (use it as a context manager)."
             raise RuntimeError(msg)
@@ -283,12 +284,7 @@ class TokenStoreWriter:
             "sha256": {"tokens": self._sha.hexdigest(), "offsets": hashlib.sha256(offsets.tobytes()).hexdigest()},
             "mixgf_version": __version__,
         }
-        tmp = self.path / f".{MANIFEST}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path / MANIFEST)
+        atomic_write_json(self.path / MANIFEST, manifest)
         self._state = "finished"
         return TokenStore.open(self.path)
 

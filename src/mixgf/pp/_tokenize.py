@@ -13,9 +13,10 @@ import scipy.sparse as sp
 from .. import _logging as logg
 from .._keys import TOKENS_KEY, tokens_obs_keys
 from .._settings import settings
+from .._version import __version__
+from ..engine._tokenize import check_values, tokenize_csr
 from ..genes import Vocabulary, map_to_ensembl
 from ._input import get_matrix, iter_csr_chunks
-from ._kernels import check_values, tokenize_csr
 from ._store import TokenStoreWriter, check_store_path
 
 if TYPE_CHECKING:
@@ -265,8 +266,6 @@ def rank_tokenize(
     True
     >>> tmp.cleanup()
     """
-    from .. import __version__
-
     t0 = logg.info("rank-value tokenization")
     if counts not in ("raw", "normalized"):
         msg = f"counts must be 'raw' or 'normalized', got {counts!r}."

@@ -10,6 +10,7 @@ import pandas as pd
 from .. import _logging as logg
 from .._keys import TOKENS_KEY
 from .._settings import settings
+from .._version import __version__
 from ._utils import get_tokens, prepare_target, resolve_model
 
 if TYPE_CHECKING:
@@ -17,8 +18,8 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
-    from .._cellclassifier import CellClassifier
-    from .._pretrained import MixGeneformer
+    from .._models._classifier import CellClassifier
+    from .._models._mixgeneformer import MixGeneformer
 
 
 def expected_calibration_error(proba: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
@@ -140,9 +141,9 @@ def train_classifier(
     >>> clf.metadata["n_train"] + clf.metadata["n_val"] == int(adata.obs["cell_type"].notna().sum())
     True
     """
-    from .. import __version__
-    from .._cellclassifier import CellClassifier
-    from ..model import FinetuneConfig, finetune_classifier, fit_temperature, predict_logits, resolve_device
+    from .._models._classifier import CellClassifier
+    from ..engine._device import resolve_device
+    from ..engine.train._classifier import FinetuneConfig, finetune_classifier, fit_temperature, predict_logits
 
     mdl = resolve_model(model)
     labels, ok = _labels(adata, labels_key)
@@ -211,7 +212,7 @@ def train_classifier(
         "base_weights_sha256": mdl.weights_sha256 or "",
         "mixgf_version": __version__,
     }
-    from .._pretrained import MixGeneformer
+    from .._models._mixgeneformer import MixGeneformer
 
     tuned = MixGeneformer(enc, mdl.vocab, f"{mdl.name}+{labels_key}", {"trained": True, **meta})
     clf = CellClassifier(tuned, head, [str(c) for c in classes], temperature, species, layer, meta)
@@ -288,9 +289,8 @@ def classify(
     >>> mouse.uns["mixgf_label"]["params"]["cross_species"]
     True
     """
-    from .. import __version__
-    from .._cellclassifier import CellClassifier
-    from ..model import resolve_device
+    from .._models._classifier import CellClassifier
+    from ..engine._device import resolve_device
 
     clf = model if isinstance(model, CellClassifier) else CellClassifier.load(model)
     dev = resolve_device(settings.device if device is None else device)

@@ -10,6 +10,7 @@ import pandas as pd
 from .. import _logging as logg
 from .._keys import EMBEDDING_KEY, TOKENS_KEY
 from .._settings import settings
+from .._version import __version__
 from ._utils import get_tokens, prepare_target, resolve_model, token_source, uns_key
 
 if TYPE_CHECKING:
@@ -17,14 +18,13 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
-    from .._pretrained import MixGeneformer
+    from .._models._mixgeneformer import MixGeneformer
 
 DEFAULT_LAYER = -2
 """Hidden-state index used for embeddings: the output of the second-to-last block (Geneformer's default)."""
 
 
 def _params(model: MixGeneformer, **kw) -> dict:
-    from .. import __version__
 
     return {
         "model": model.name,
@@ -124,15 +124,9 @@ def embed(
     >>> adata.obsm["X_mixgf"].shape
     (200, 128)
     """
-    from ..model import (
-        all_gather_rows,
-        embed_tokens,
-        partition_cells,
-        rank_device,
-        rank_world,
-        resolve_dtype,
-        use_distributed,
-    )
+    from ..engine._device import rank_device, resolve_dtype
+    from ..engine._distributed import all_gather_rows, partition_cells, rank_world, use_distributed
+    from ..engine._inference import embed_tokens
 
     mdl = resolve_model(model)
     rank, world = rank_world() if use_distributed(distributed) else (0, 1)
@@ -267,8 +261,9 @@ def embed_genes(
     """
     import torch
 
+    from ..engine._device import resolve_device
+    from ..engine._gene_states import token_state_means
     from ..genes import map_to_ensembl
-    from ..model import resolve_device, token_state_means
 
     if mode not in ("contextual", "static"):
         msg = f"mode must be 'contextual' or 'static', got {mode!r}."

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
-    from .._cellclassifier import CellClassifier
-    from .._pretrained import MixGeneformer
+    from .._models._classifier import CellClassifier
+    from .._models._mixgeneformer import MixGeneformer
 
 DEFAULT_PERTURB_LAYER = -1
 """Hidden state pooled for perturbation: the last block (the Mix-Geneformer perturbation protocol)."""
@@ -430,7 +430,8 @@ def _embed_shared(
     encoder: Any, src: TokenSource, idx: np.ndarray, rank: int, world: int, emb_kw: dict[str, Any]
 ) -> np.ndarray:
     """Embeddings of the cells ``idx`` (in that order); with ``world > 1`` each rank embeds a share, all get all."""
-    from ..model import all_gather_rows, embed_tokens, partition_cells
+    from ..engine._distributed import all_gather_rows, partition_cells
+    from ..engine._inference import embed_tokens
 
     lengths = src.lengths[idx]
     share = partition_cells(idx.shape[0], world, weights=lengths)[rank]
@@ -460,7 +461,8 @@ def _shifts_shared(
     With ``world > 1`` each rank perturbs a contiguous share of the cells, balanced by the tokens it embeds (cell
     length times one plus its number of perturbed copies), and every rank gathers every cell's results.
     """
-    from ..model import PerturbationResult, all_gather_rows, all_reduce_scalar, partition_cells, perturbation_shifts
+    from ..engine._distributed import all_gather_rows, all_reduce_scalar, partition_cells
+    from ..engine.perturb._copies import PerturbationResult, perturbation_shifts
 
     if world == 1:
         return perturbation_shifts(
@@ -650,15 +652,10 @@ def perturb(
     >>> adata.obsm["mixgf_perturb_shift"].columns.tolist()
     ['CD74', 'CD79A']
     """
-    from .._cellclassifier import CellClassifier
-    from ..model import (
-        all_reduce_scalar,
-        rank_device,
-        rank_world,
-        resolve_dtype,
-        use_distributed,
-    )
-    from ..model._perturb import _check_mode
+    from .._models._classifier import CellClassifier
+    from ..engine._device import rank_device, resolve_dtype
+    from ..engine._distributed import all_reduce_scalar, rank_world, use_distributed
+    from ..engine.perturb._copies import _check_mode
 
     t_start = time.perf_counter()
     _check_mode(mode, rank_shift)

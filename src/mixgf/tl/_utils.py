@@ -12,12 +12,12 @@ from .._keys import tokens_obs_keys
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from .._pretrained import MixGeneformer
+    from .._models._mixgeneformer import MixGeneformer
 
 
 def resolve_model(model: Any, device: str | None = None) -> MixGeneformer:
     """`None` -> the bundled default model; a path -> a model directory; a `MixGeneformer` as is."""
-    from .._pretrained import MixGeneformer
+    from .._models._mixgeneformer import MixGeneformer
 
     if isinstance(model, MixGeneformer):
         return model

@@ -12,3 +12,22 @@ EMBEDDING_KEY = "X_mixgf"
 def tokens_obs_keys(key: str) -> tuple[str, str]:
     """Names of the ``obs`` columns written next to ``obsm[key]``: (token count, empty-cell flag)."""
     return f"{key}_n_tokens", f"{key}_empty"
+
+
+GENES_KEY = "mixgf_genes"
+"""``varm`` key of the gene embeddings of :func:`mixgf.tl.embed_genes`."""
+
+NEIGHBORS_KEY = "mixgf_neighbors"
+"""``uns`` / ``obsp`` key of the neighbour graph that :func:`mixgf.tl.umap` computes on the embedding."""
+
+UMAP_KEY = "X_mixgf_umap"
+"""``obsm`` key of the UMAP coordinates of :func:`mixgf.tl.umap`."""
+
+LABEL_KEY = "mixgf_label"
+"""``obs`` key of the predicted labels of :func:`mixgf.tl.classify` (``_score`` in obs, ``_proba`` in obsm)."""
+
+PERTURB_KEY = "mixgf_perturb"
+"""``uns`` key of the results of :func:`mixgf.tl.perturb` (per-cell shifts in ``obsm[PERTURB_KEY + "_shift"]``)."""
+
+SHARD_KEY = "mixgf_shard"
+"""``uns`` key recording which input rows a shard written by the ``mixgf`` jobs holds."""

@@ -125,18 +125,18 @@ def test_volcano_clips_zero_and_drops_nan_p(perturbed):
 def test_volcano_all_nan_p_raises(perturbed):
     assert _results(perturbed, "no_test")["p_adj"].isna().all()
     with pytest.raises(ValueError, match="test='matched'"):
-        mgf.pl.perturb_volcano(perturbed, "no_test")
+        mgf.pl.perturb_volcano(perturbed, key="no_test")
 
 
 def test_volcano_goal_axis(perturbed):
-    ax = mgf.pl.perturb_volcano(perturbed, "to_b", alpha=1, show=False)
+    ax = mgf.pl.perturb_volcano(perturbed, key="to_b", alpha=1, show=False)
     assert ax.get_xlabel() == "mean shift toward goal (B cells)"
     assert any(np.allclose(ln.get_xdata(), 0) for ln in ax.lines), "a zero line for the signed shift"
 
 
 def test_volcano_errors(perturbed):
     with pytest.raises(KeyError, match=r"tl\.perturb"):
-        mgf.pl.perturb_volcano(perturbed, "missing")
+        mgf.pl.perturb_volcano(perturbed, key="missing")
     with pytest.raises(KeyError, match="not a column"):
         mgf.pl.perturb_volcano(perturbed, x="nope")
     with pytest.raises(KeyError, match="NOTAGENE"):

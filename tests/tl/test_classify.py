@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -53,6 +55,23 @@ def test_save_load_gives_same_predictions(frozen_clf, labelled, tmp_path):
     np.testing.assert_allclose(c.obsm["mixgf_label_proba"], b.obsm["mixgf_label_proba"], atol=1e-6)
     with pytest.raises(ValueError, match="not a cell classifier"):
         mgf.CellClassifier.load(mgf.MixGeneformer.load().save(tmp_path / "enc"))
+
+
+def test_every_tool_records_the_same_provenance(frozen_clf, labelled, tmp_path):
+    """classify records the weights and vocabulary it used, also for a classifier read back from disk."""
+    frozen_clf.save(tmp_path / "clf")
+    loaded = mgf.CellClassifier.load(tmp_path / "clf")
+    manifest = json.loads((tmp_path / "clf" / "manifest.json").read_text())
+    assert loaded.model.weights_sha256 == manifest["files"]["model.safetensors"]["sha256"]
+    b = labelled[400:420].copy()
+    mgf.tl.classify(b, model=loaded)
+    mgf.tl.embed(b)
+    clf_params, emb_params = b.uns["mixgf_label"]["params"], b.uns["mixgf"]["params"]
+    common = {"model", "model_trained", "weights_sha256", "vocab", "vocab_sha256", "device", "dtype", "mixgf_version"}
+    assert common <= set(clf_params) and common <= set(emb_params)
+    assert clf_params["weights_sha256"] == loaded.model.weights_sha256
+    assert clf_params["vocab_sha256"] == emb_params["vocab_sha256"] == loaded.model.vocab.sha256
+    assert clf_params["layer"] == loaded.layer and clf_params["pooling"] == "mean"
 
 
 def test_finetune_all_layers_runs(labelled):

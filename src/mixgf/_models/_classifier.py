@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._mixgeneformer import VOCAB_FILE, MixGeneformer
+from ._mixgeneformer import VOCAB_FILE, MixGeneformer, _weights_sha
 
 if TYPE_CHECKING:
     from ..module._heads import ClassifierHead
@@ -164,7 +164,8 @@ class CellClassifier:
         head.to(device).eval()
         vocab = Vocabulary.load(loaded.extra_files[VOCAB_FILE])
         meta = dict(loaded.metadata)
-        model = MixGeneformer(loaded.model, vocab, meta.get("name", Path(path).name), meta, Path(path))
+        sha = _weights_sha(json.loads((Path(path) / "manifest.json").read_text()))
+        model = MixGeneformer(loaded.model, vocab, meta.get("name", Path(path).name), meta, Path(path), sha)
         return cls(model, head, list(info["classes"]), float(info["temperature"]), info["species"], info["layer"], meta)
 
     def predict_proba(self, tokens: np.ndarray, lengths: np.ndarray, *, device: str = "cpu") -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _logging as logg
+from .._keys import TOKENS_KEY, tokens_obs_keys
 from .._utils._files import input_stem
 from .._version import __version__
 
@@ -210,7 +211,6 @@ def pretrain(
     """
     import torch
 
-    from .._settings import settings
     from ..engine._device import resolve_device
     from ..engine.train._pretrain import ConcatRows, PaddedRows, PretrainConfig, TokenCorpus, pretrain_encoder
     from ..module._config import EncoderConfig
@@ -251,10 +251,10 @@ def pretrain(
                 adata, vocab=vocab, gene_id_key=spec.get("gene_id_key"), layer=spec.get("layer"),
                 duplicates=spec.get("duplicates", "sum"), copy=True,
             )  # fmt: skip
-            sp_name = tok.uns["mixgf_tokens"]["params"]["species"]
-            n = tok.obs["mixgf_tokens_n_tokens"].to_numpy()
+            sp_name = tok.uns[TOKENS_KEY]["params"]["species"]
+            n = tok.obs[tokens_obs_keys(TOKENS_KEY)[0]].to_numpy()
             keep = n > 0
-            part = PaddedRows(tok.obsm["mixgf_tokens"][keep], n[keep])
+            part = PaddedRows(tok.obsm[TOKENS_KEY][keep], n[keep])
             del tok
         parts.append(part)
         species.append(np.full(len(part.lengths), sp_code[sp_name], dtype=np.int8))
@@ -295,7 +295,7 @@ def pretrain(
             "larger architecture['max_position_embeddings']."
         )
         raise ValueError(msg)
-    dev = resolve_device(settings.device if device is None else device)
+    dev = resolve_device(device)
     torch.manual_seed(tcfg.seed)
     from ..module._encoder import BertEncoderModel
 

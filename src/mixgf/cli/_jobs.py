@@ -59,9 +59,9 @@ def _is_zarr_anndata(path: Path) -> bool:
 
 def is_token_store(path: Path) -> bool:
     """Whether ``path`` is a complete token store written by :func:`mixgf.pp.rank_tokenize` (``store=``)."""
-    from ..pp._store import _store_state
+    from ..pp._store import store_state
 
-    return _store_state(path) == "complete"
+    return store_state(path) == "complete"
 
 
 def expand_inputs(paths: Sequence[str | os.PathLike], *, stores: bool = False) -> list[Path]:

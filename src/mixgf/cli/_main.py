@@ -7,6 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+from .._keys import EMBEDDING_KEY, PERTURB_KEY, SHARD_KEY, TOKENS_KEY, tokens_obs_keys
+
+N_TOKENS, EMPTY = tokens_obs_keys(TOKENS_KEY)
+
 
 def _demo(args: argparse.Namespace) -> int:
     import time
@@ -30,8 +34,8 @@ def _demo(args: argparse.Namespace) -> int:
         if args.max_cells is not None:
             adata = adata[: args.max_cells].copy()
         mgf.pp.rank_tokenize(adata, vocab=args.vocab, **kw)
-        tok = adata.obsm["mixgf_tokens"]
-        n = adata.obs["mixgf_tokens_n_tokens"]
+        tok = adata.obsm[TOKENS_KEY]
+        n = adata.obs[N_TOKENS]
         print(f"== {name}: {adata.n_obs:,} cells x {adata.n_vars:,} genes")
         print(
             f"tokens: {tok.shape[0]:,} x {tok.shape[1]:,} {tok.dtype}; tokens per cell: median {int(n.median()):,}, "
@@ -42,7 +46,7 @@ def _demo(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             mgf.tl.embed(adata, model=model)
             secs = time.perf_counter() - t0
-            agree = knn_label_agreement(adata.obsm["X_mixgf"], adata.obs["cell_type"])
+            agree = knn_label_agreement(adata.obsm[EMBEDDING_KEY], adata.obs["cell_type"])
             print(
                 f"embedded with {model.name!r} in {secs:.1f} s ({adata.n_obs / secs:,.0f} cells/s): "
                 f"10-nearest-neighbour cell-type agreement {agree:.3f} over {adata.obs['cell_type'].nunique()} types"
@@ -116,10 +120,10 @@ def _tokenize(args: argparse.Namespace) -> int:
     def work(shard, path):
         adata = read_shard(shard, obs=False, layer=args.layer)
         mgf.pp.rank_tokenize(adata, store=path, chunk_size=args.chunk_size, **kw)
-        cov = adata.uns["mixgf_tokens"]["coverage"]
+        cov = adata.uns[TOKENS_KEY]["coverage"]
         return {
-            "n_tokens": int(adata.obs["mixgf_tokens_n_tokens"].sum()),
-            "n_cells_empty": int(adata.obs["mixgf_tokens_empty"].sum()),
+            "n_tokens": int(adata.obs[N_TOKENS].sum()),
+            "n_cells_empty": int(adata.obs[EMPTY].sum()),
             "frac_counts_in_vocab": round(float(cov["frac_counts_in_vocab"]), 6),
             "species": cov["species"],
         }
@@ -192,9 +196,9 @@ def _embed(args: argparse.Namespace) -> int:
             for a in range(shard.start, shard.stop, args.chunk_cells):
                 b = min(a + args.chunk_cells, shard.stop)
                 tokens, lengths = store.padded(a, b)
-                sub = ad.AnnData(obs={"mixgf_tokens_n_tokens": lengths}, obsm={"mixgf_tokens": tokens})
+                sub = ad.AnnData(obs={N_TOKENS: lengths}, obsm={TOKENS_KEY: tokens})
                 sub.obs_names = store.obs_names[a:b]
-                sub.uns["mixgf_tokens"] = {"params": dict(store.params)}
+                sub.uns[TOKENS_KEY] = {"params": dict(store.params)}
                 yield sub
             return
         adata = read_shard(shard, layer=args.counts_layer)
@@ -213,7 +217,7 @@ def _embed(args: argparse.Namespace) -> int:
             params = sub.uns[mgf.tl._utils.uns_key(args.key_added)]["params"]
         out = ad.AnnData(obs=_concat_obs(obs), obsm={args.key_added: np.concatenate(parts)})
         out.uns[mgf.tl._utils.uns_key(args.key_added)] = {"params": params}
-        out.uns["mixgf_shard"] = {"input": str(shard.path), "rows": [shard.start, shard.stop]}
+        out.uns[SHARD_KEY] = {"input": str(shard.path), "rows": [shard.start, shard.stop]}
         out.write_h5ad(path)
         return {"n_nan": int(np.isnan(out.obsm[args.key_added]).any(axis=1).sum())}
 
@@ -268,8 +272,8 @@ def _perturb(args: argparse.Namespace) -> int:
         mgf.pp.rank_tokenize(adata, vocab=model.vocab, max_len=args.max_len, **tok_kw)
         adata.X = None
         mgf.tl.perturb(adata, model=model, device=device, distributed=False, **pt_kw)
-        entry = adata.uns["mixgf_perturb"]
-        shifts = adata.obsm["mixgf_perturb_shift"]
+        entry = adata.uns[PERTURB_KEY]
+        shifts = adata.obsm[f"{PERTURB_KEY}_shift"]
         scored = ~np.isnan(shifts.to_numpy()).all(axis=1)
         table = entry["results"].copy()
         for col in table.columns:  # lists (control genes) -> text, so the table fits in .var
@@ -279,11 +283,11 @@ def _perturb(args: argparse.Namespace) -> int:
                 ]
         out = ad.AnnData(
             X=shifts.loc[scored, table.index].to_numpy(dtype=np.float32),
-            obs=adata.obs.loc[scored, [c for c in adata.obs.columns if not c.startswith("mixgf_tokens")]],
+            obs=adata.obs.loc[scored, [c for c in adata.obs.columns if not c.startswith(TOKENS_KEY)]],
             var=table,
         )
-        out.uns["mixgf_perturb"] = {"params": entry["params"]}
-        out.uns["mixgf_shard"] = {"input": str(shard.path), "rows": [shard.start, shard.stop]}
+        out.uns[PERTURB_KEY] = {"params": entry["params"]}
+        out.uns[SHARD_KEY] = {"input": str(shard.path), "rows": [shard.start, shard.stop]}
         out.write_h5ad(path)
         return {"n_cells_scored": int(scored.sum()), "n_genes": int(table.shape[0])}
 
@@ -413,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("-o", "--output", required=True, help="output folder")
     _model_args(e)
     e.add_argument("--pooling", default="mean", choices=["mean", "cls"])
-    e.add_argument("--key-added", default="X_mixgf")
+    e.add_argument("--key-added", default=EMBEDDING_KEY)
     e.add_argument("--chunk-cells", type=int, default=20_000, help="cells tokenized and embedded at a time")
     _tokenizer_args(e, with_vocab=False)
     _shard_args(e)

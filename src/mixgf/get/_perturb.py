@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._keys import PERTURB_KEY
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -13,7 +15,7 @@ if TYPE_CHECKING:
 
 def perturb_df(
     adata: AnnData,
-    key: str = "mixgf_perturb",
+    key: str = PERTURB_KEY,
     *,
     genes: Sequence[str] | None = None,
     p_adj_max: float | None = None,

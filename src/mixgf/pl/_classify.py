@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .._keys import LABEL_KEY
+from .._utils._docs import doc_params
 from ._utils import finish
 
 if TYPE_CHECKING:
@@ -21,11 +23,12 @@ def _check(adata: AnnData, key: str) -> None:
         raise KeyError(msg)
 
 
+@doc_params("doc_show", "doc_plot_returns")
 def confusion_matrix(
     adata: AnnData,
     true_key: str,
     *,
-    key: str = "mixgf_label",
+    key: str = LABEL_KEY,
     normalize: bool = True,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -44,17 +47,11 @@ def confusion_matrix(
         ``key_added`` of :func:`mixgf.tl.classify`.
     normalize
         Show the fraction of each true label's cells (rows sum to 1) instead of counts.
-    ax
-        Axes to draw into.
-    show
-        Show the plot; `None` follows scanpy's ``settings.autoshow``.
-    return_fig
-        Return the Figure.
+    {doc_show}
 
     Returns
     -------
-    matplotlib.axes.Axes, matplotlib.figure.Figure or None
-        The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
+    {doc_plot_returns}
 
     Examples
     --------
@@ -105,10 +102,11 @@ def confusion_matrix(
     return finish(fig, ax, show=show, return_fig=return_fig)
 
 
+@doc_params("doc_show", "doc_plot_returns")
 def classify_scores(
     adata: AnnData,
     *,
-    key: str = "mixgf_label",
+    key: str = LABEL_KEY,
     groupby: str | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -124,17 +122,11 @@ def classify_scores(
         ``key_added`` of :func:`mixgf.tl.classify`.
     groupby
         ``obs`` column to group by instead of the predicted label.
-    ax
-        Axes to draw into.
-    show
-        Show the plot; `None` follows scanpy's ``settings.autoshow``.
-    return_fig
-        Return the Figure.
+    {doc_show}
 
     Returns
     -------
-    matplotlib.axes.Axes, matplotlib.figure.Figure or None
-        The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
+    {doc_plot_returns}
 
     Examples
     --------

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 
 from .. import _logging as logg
+from .._keys import PERTURB_KEY
+from .._utils._docs import doc_params
 from ._utils import finish
 
 if TYPE_CHECKING:
@@ -52,10 +54,11 @@ def _column(df: pd.DataFrame, name: str, role: str) -> np.ndarray:
     return pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
 
 
+@doc_params("doc_show", "doc_plot_returns")
 def perturb_volcano(
     adata: AnnData,
-    key: str = "mixgf_perturb",
     *,
+    key: str = PERTURB_KEY,
     x: str = "shift_mean",
     p: str = "p_adj",
     alpha: float = 0.05,
@@ -90,20 +93,14 @@ def perturb_volcano(
         Label the ``n_labels`` significant genes with the smallest p-values (ignored when ``genes`` is given).
     genes
         Label these genes instead (they must be rows of the results).
-    ax
-        Axes to draw into.
-    show
-        Show the plot; `None` follows scanpy's ``settings.autoshow``.
-    return_fig
-        Return the Figure.
+    {doc_show}
     **scatter_kw
         Passed to :meth:`matplotlib.axes.Axes.scatter` (``s``, ``alpha``, …); ``color`` sets the colour of the
         significant genes.
 
     Returns
     -------
-    matplotlib.axes.Axes, matplotlib.figure.Figure or None
-        The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
+    {doc_plot_returns}
 
     Examples
     --------
@@ -201,11 +198,12 @@ def perturb_volcano(
     return finish(fig, ax, show=show, return_fig=return_fig)
 
 
+@doc_params("doc_show", "doc_plot_returns")
 def perturb_shift(
     adata: AnnData,
     genes: Sequence[str] | str | None = None,
-    key: str = "mixgf_perturb",
     *,
+    key: str = PERTURB_KEY,
     groupby: str | None = None,
     kind: Literal["violin", "box", "strip"] = "violin",
     ax: Axes | None = None,
@@ -232,17 +230,11 @@ def perturb_shift(
     kind
         ``"violin"``, ``"box"`` or ``"strip"`` (one jittered point per cell). A violin with fewer than two distinct
         values is drawn as its points.
-    ax
-        Axes to draw into.
-    show
-        Show the plot; `None` follows scanpy's ``settings.autoshow``.
-    return_fig
-        Return the Figure.
+    {doc_show}
 
     Returns
     -------
-    matplotlib.axes.Axes, matplotlib.figure.Figure or None
-        The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
+    {doc_plot_returns}
 
     Examples
     --------

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._keys import TOKENS_KEY
+from .._keys import TOKENS_KEY, UMAP_KEY
 from ._utils import finish
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ def umap(
     adata: AnnData,
     *,
     color: str | Sequence[str] | None = None,
-    basis: str = "X_mixgf_umap",
+    basis: str = UMAP_KEY,
     tokens_key: str = TOKENS_KEY,
     ax: Axes | None = None,
     show: bool | None = None,

@@ -50,7 +50,7 @@ class TokenStoreError(ValueError):
     """A token store is missing, incomplete, damaged or of an unknown format."""
 
 
-def _store_state(path: Path) -> str:
+def store_state(path: Path) -> str:
     """``"missing"``, ``"empty"`` (empty directory), ``"complete"``, ``"incomplete"`` or ``"other"``."""
     if not path.exists():
         return "missing"
@@ -83,7 +83,7 @@ def check_store_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
         directory that is not a token store (never replaced, whatever ``overwrite`` says).
     """
     p = Path(path)
-    state = _store_state(p)
+    state = store_state(p)
     if state == "other":
         msg = (
             f"{str(p)!r} exists and is not a mixgf token store; it is left alone. Choose another path (e.g. "
@@ -186,7 +186,7 @@ class TokenStoreWriter:
             msg = "this writer was already opened."
             raise RuntimeError(msg)
         check_store_path(self.path, overwrite=self.overwrite)  # the path may have changed since __init__
-        if _store_state(self.path) in ("complete", "incomplete"):
+        if store_state(self.path) in ("complete", "incomplete"):
             shutil.rmtree(self.path)
         self._state = "open"
         self._group = zarr.open_group(self.path, mode="w", attributes={_MARKER_KEY: _MARKER_VALUE})
@@ -294,7 +294,7 @@ def _open_arrays(p: Path) -> tuple[dict, np.ndarray, np.ndarray, Any]:
     if not p.exists():
         msg = f"no token store at {str(p)!r}; write one with `mgf.pp.rank_tokenize(adata, store=...)`."
         raise FileNotFoundError(msg)
-    state = _store_state(p)
+    state = store_state(p)
     if state == "incomplete":
         msg = (
             f"token store {str(p)!r} is incomplete (it has no manifest.json): an interrupted write; delete it "

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 
 from .. import _logging as logg
-from .._keys import TOKENS_KEY
+from .._keys import LABEL_KEY, TOKENS_KEY
 from .._settings import settings
 from .._version import __version__
-from ._utils import get_tokens, prepare_target, resolve_model
+from ._utils import get_tokens, prepare_target, provenance, resolve_model
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -175,7 +175,7 @@ def train_classifier(
         train_layers=train_layers, layer=layer, epochs=epochs, patience=patience, lr=lr, head_lr=head_lr,
         class_weights=class_weights, max_len=max_len, token_budget=token_budget, seed=seed,
     )  # fmt: skip
-    dev = resolve_device(settings.device if device is None else device)
+    dev = resolve_device(device)
     t0 = logg.info(
         f"training a {len(classes)}-class classifier on {len(tr):,} cells ({len(va):,} for validation), "
         f"finetune={finetune!r}, on {dev}"
@@ -210,6 +210,9 @@ def train_classifier(
         "val_ece_after": expected_calibration_error(p_cal, y[va]),
         "base_model": mdl.name,
         "base_weights_sha256": mdl.weights_sha256 or "",
+        "vocab": mdl.vocab.name,
+        "vocab_sha256": mdl.vocab.sha256,
+        "device": str(dev),
         "mixgf_version": __version__,
     }
     from .._models._mixgeneformer import MixGeneformer
@@ -230,7 +233,7 @@ def classify(
     model: CellClassifier | str | Path,
     tokens_key: str = TOKENS_KEY,
     device: str | None = None,
-    key_added: str = "mixgf_label",
+    key_added: str = LABEL_KEY,
     copy: bool = False,
 ) -> AnnData | None:
     """Predict labels with a :class:`mixgf.CellClassifier`, also for cells of the other species.
@@ -293,7 +296,7 @@ def classify(
     from ..engine._device import resolve_device
 
     clf = model if isinstance(model, CellClassifier) else CellClassifier.load(model)
-    dev = resolve_device(settings.device if device is None else device)
+    dev = resolve_device(device)
     target = prepare_target(adata, copy=copy)
     tokens, lengths = get_tokens(target, clf.model, tokens_key)
     data_species = target.uns[tokens_key]["params"]["species"]
@@ -318,19 +321,21 @@ def classify(
     target.obs[f"{key_added}_score"] = score
     target.obsm[f"{key_added}_proba"] = proba
     target.uns[key_added] = {
-        "params": {
-            "classes": list(clf.classes),
-            "temperature": clf.temperature,
-            "model": clf.model.name,
-            "labels_key": clf.metadata.get("labels_key", ""),
-            "classifier_species": clf.species,
-            "data_species": data_species,
-            "cross_species": data_species != clf.species,
-            "mean_fraction_of_tokens_kept": kept,
-            "tokens_key": tokens_key,
-            "device": str(dev),
-            "mixgf_version": __version__,
-        }
+        "params": provenance(
+            clf.model,
+            classes=list(clf.classes),
+            temperature=clf.temperature,
+            labels_key=clf.metadata.get("labels_key", ""),
+            classifier_species=clf.species,
+            data_species=data_species,
+            cross_species=data_species != clf.species,
+            mean_fraction_of_tokens_kept=kept,
+            tokens_key=tokens_key,
+            layer=clf.layer,
+            pooling="mean",
+            device=dev,
+            dtype="float32",
+        )
     }
     logg.info(f"    added {key_added!r}, {key_added + '_score'!r} (adata.obs), {key_added + '_proba'!r} (adata.obsm)")
     return target if copy else None

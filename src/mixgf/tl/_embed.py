@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 
 from .. import _logging as logg
-from .._keys import EMBEDDING_KEY, TOKENS_KEY
+from .._keys import EMBEDDING_KEY, GENES_KEY, TOKENS_KEY
 from .._settings import settings
-from .._version import __version__
-from ._utils import get_tokens, prepare_target, resolve_model, token_source, uns_key
+from ._utils import get_tokens, prepare_target, provenance, resolve_model, token_source, uns_key
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -22,19 +21,6 @@ if TYPE_CHECKING:
 
 DEFAULT_LAYER = -2
 """Hidden-state index used for embeddings: the output of the second-to-last block (Geneformer's default)."""
-
-
-def _params(model: MixGeneformer, **kw) -> dict:
-
-    return {
-        "model": model.name,
-        "model_trained": model.trained,
-        "weights_sha256": model.weights_sha256 or "",
-        "vocab": model.vocab.name,
-        "vocab_sha256": model.vocab.sha256,
-        **{k: ("" if v is None else v) for k, v in kw.items()},
-        "mixgf_version": __version__,
-    }
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -130,7 +116,7 @@ def embed(
 
     mdl = resolve_model(model)
     rank, world = rank_world() if use_distributed(distributed) else (0, 1)
-    dev = rank_device(settings.device if device is None else device)
+    dev = rank_device(device)
     if pooling == "cls" and not mdl.vocab.rules.add_cls:
         msg = f"pooling='cls' needs tokens that start with <cls>; the rules of vocabulary {mdl.vocab.name!r} add none."
         raise ValueError(msg)
@@ -188,15 +174,15 @@ def embed(
         )
     target.obsm[key_added] = out
     target.uns[uns_key(key_added)] = {
-        "params": _params(
+        "params": provenance(
             mdl,
             tokens_key=tokens_key,
             layer=layer,
             pooling=pooling,
-            device=str(dev) if world == 1 else dev.type,
-            dtype=str(resolve_dtype(dtype, dev)).removeprefix("torch."),
             token_budget=token_budget,
             world_size=world,
+            device=dev if world == 1 else dev.type,
+            dtype=resolve_dtype(dtype, dev),
         )
     }
     logg.info(f"    added {key_added!r} (adata.obsm), {uns_key(key_added)!r} (adata.uns)", start=t0)
@@ -212,7 +198,7 @@ def embed_genes(
     layer: int = DEFAULT_LAYER,
     device: str | None = None,
     token_budget: int | None = None,
-    key_added: str = "mixgf_genes",
+    key_added: str = GENES_KEY,
     copy: bool = False,
 ) -> AnnData | None:
     """Gene embeddings: static (the model's input embedding rows) or contextual (mean hidden state over cells).
@@ -269,7 +255,7 @@ def embed_genes(
         msg = f"mode must be 'contextual' or 'static', got {mode!r}."
         raise ValueError(msg)
     mdl = resolve_model(model)
-    dev = resolve_device(settings.device if device is None else device)
+    dev = resolve_device(device)
     target = prepare_target(adata, copy=copy)
     tparams = target.uns.get(tokens_key, {}).get("params", {})
     gene_id_key = tparams.get("gene_id_key") or None
@@ -295,7 +281,9 @@ def embed_genes(
     if n_cells is not None:
         target.var[f"{key_added}_n_cells"] = n_cells
     target.uns[key_added] = {
-        "params": _params(mdl, mode=mode, layer=layer if mode == "contextual" else "", tokens_key=tokens_key)
+        "params": provenance(
+            mdl, mode=mode, layer=layer if mode == "contextual" else "", tokens_key=tokens_key, device=dev
+        )
     }
     logg.info(f"    added {key_added!r} (adata.varm) for {int(ok.sum()):,} genes in the vocabulary", start=t0)
     return target if copy else None

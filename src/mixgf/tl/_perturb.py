@@ -13,8 +13,7 @@ import scipy.sparse as sp
 from .. import _logging as logg
 from .._keys import TOKENS_KEY
 from .._settings import settings
-from ._embed import _params
-from ._utils import TokenSource, prepare_target, resolve_model, store_path, token_source
+from ._utils import TokenSource, prepare_target, provenance, resolve_model, store_path, token_source
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -874,7 +873,7 @@ def perturb(
     elapsed = time.perf_counter() - t_start
     if world > 1:
         elapsed = all_reduce_scalar(elapsed, "max")  # the same params on every rank
-    params = _params(
+    params = provenance(
         mdl,
         genes="all" if isinstance(genes, str) and genes == "all" else [i["query"] for i in info],
         mode=mode,

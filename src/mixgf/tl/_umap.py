@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import _logging as logg
-from .._keys import EMBEDDING_KEY
+from .._keys import EMBEDDING_KEY, NEIGHBORS_KEY, UMAP_KEY
 from ._utils import prepare_target
 
 if TYPE_CHECKING:
@@ -18,8 +18,8 @@ def umap(
     use_rep: str = EMBEDDING_KEY,
     n_neighbors: int = 15,
     metric: str = "cosine",
-    neighbors_key: str = "mixgf_neighbors",
-    key_added: str = "X_mixgf_umap",
+    neighbors_key: str = NEIGHBORS_KEY,
+    key_added: str = UMAP_KEY,
     random_state: int = 0,
     copy: bool = False,
 ) -> AnnData | None:

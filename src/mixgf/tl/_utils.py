@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import _logging as logg
 from .._keys import tokens_obs_keys
+from .._version import __version__
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -15,13 +16,41 @@ if TYPE_CHECKING:
     from .._models._mixgeneformer import MixGeneformer
 
 
-def resolve_model(model: Any, device: str | None = None) -> MixGeneformer:
+def resolve_model(model: Any) -> MixGeneformer:
     """`None` -> the bundled default model; a path -> a model directory; a `MixGeneformer` as is."""
     from .._models._mixgeneformer import MixGeneformer
 
     if isinstance(model, MixGeneformer):
         return model
     return MixGeneformer.load(model)
+
+
+def provenance(
+    model: MixGeneformer,
+    *,
+    device: Any = None,
+    dtype: Any = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The ``uns[key]["params"]`` every tool records: which model and vocabulary, how and where it ran.
+
+    Model name, whether it was trained, weights and vocabulary sha256, then the tool's own ``fields`` (`None` is
+    written as ``""``), the device and compute dtype when given, and the mixgf version.
+    """
+    params: dict[str, Any] = {
+        "model": model.name,
+        "model_trained": model.trained,
+        "weights_sha256": model.weights_sha256 or "",
+        "vocab": model.vocab.name,
+        "vocab_sha256": model.vocab.sha256,
+        **{k: ("" if v is None else v) for k, v in fields.items()},
+    }
+    if device is not None:
+        params["device"] = str(device)
+    if dtype is not None:
+        params["dtype"] = str(dtype).removeprefix("torch.")
+    params["mixgf_version"] = __version__
+    return params
 
 
 STORE_CHUNK_TOKENS = 1 << 24

@@ -10,6 +10,7 @@ import pandas as pd
 from .. import _logging as logg
 from .._keys import LABEL_KEY, TOKENS_KEY
 from .._settings import settings
+from .._utils._docs import doc_params
 from .._version import __version__
 from ._utils import get_tokens, prepare_target, provenance, resolve_model
 
@@ -65,6 +66,7 @@ def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nda
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+@doc_params("doc_tokens_key", "doc_device")
 def train_classifier(
     adata: AnnData,
     labels_key: str,
@@ -98,8 +100,7 @@ def train_classifier(
         ``obs`` column with the labels; cells with missing labels are left out (and reported).
     model
         The encoder to start from (`None`: the bundled default model).
-    tokens_key
-        ``obsm`` key of the tokens.
+    {doc_tokens_key}
     finetune
         ``"all"`` trains every block and the embeddings, an integer ``k`` the top ``k`` blocks, ``"frozen"`` only
         the head.
@@ -119,8 +120,7 @@ def train_classifier(
         Tokens per batch.
     seed
         Seed of the split, batch order and initialisation.
-    device
-        Torch device; `None` uses :attr:`mixgf.settings.device`.
+    {doc_device}
 
     Returns
     -------
@@ -227,6 +227,7 @@ def train_classifier(
     return clf
 
 
+@doc_params("doc_tokens_key", "doc_device", "doc_copy")
 def classify(
     adata: AnnData,
     *,
@@ -248,14 +249,11 @@ def classify(
         Cells (tokenized with the classifier's vocabulary, or tokenized on the fly).
     model
         The classifier or its directory.
-    tokens_key
-        ``obsm`` key of the tokens.
-    device
-        Torch device; `None` uses :attr:`mixgf.settings.device`.
+    {doc_tokens_key}
+    {doc_device}
     key_added
         Where to store the results (see Returns).
-    copy
-        Return a modified copy instead of writing into ``adata``.
+    {doc_copy}
 
     Returns
     -------

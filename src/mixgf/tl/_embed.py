@@ -10,6 +10,7 @@ import pandas as pd
 from .. import _logging as logg
 from .._keys import EMBEDDING_KEY, GENES_KEY, TOKENS_KEY
 from .._settings import settings
+from .._utils._docs import doc_params
 from ._utils import get_tokens, prepare_target, provenance, resolve_model, token_source, uns_key
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="cell", desc="embedding")
 
 
+@doc_params("doc_model", "doc_tokens_key", "doc_device", "doc_copy")
 def embed(
     adata: AnnData,
     *,
@@ -66,18 +68,15 @@ def embed(
     adata
         Cells tokenized by :func:`mixgf.pp.rank_tokenize` with the model's vocabulary. Missing tokens are computed
         on the fly with the model's vocabulary (and stored under ``tokens_key``).
-    model
-        A :class:`mixgf.MixGeneformer`, a model directory, or `None` for the bundled default model.
-    tokens_key
-        ``obsm`` key of the tokens.
+    {doc_model}
+    {doc_tokens_key}
     layer
         Hidden state to pool: ``0`` = token embeddings, ``i`` = output of block ``i``, ``-1`` = last block,
         ``-2`` = second-to-last block (default; Geneformer's ``emb_layer=-1``). Later blocks are not computed.
     pooling
         ``"mean"`` over gene tokens (padding and special tokens excluded) or ``"cls"`` (the ``<cls>`` position;
         only for vocabularies whose rules put ``<cls>`` first).
-    device
-        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, …; `None` uses :attr:`mixgf.settings.device`.
+    {doc_device}
     dtype
         Compute dtype; `None` = bf16 on CUDA, fp32 on CPU.
     token_budget
@@ -88,8 +87,7 @@ def embed(
         initialised (e.g. under ``torchrun``); `False`: every process embeds every cell.
     key_added
         ``obsm`` key of the embedding; the parameters go to ``uns[key_added without "X_"]``.
-    copy
-        Return a modified copy instead of writing into ``adata``.
+    {doc_copy}
 
     Returns
     -------
@@ -189,6 +187,7 @@ def embed(
     return target if copy else None
 
 
+@doc_params("doc_model", "doc_tokens_key", "doc_device", "doc_copy")
 def embed_genes(
     adata: AnnData,
     *,
@@ -207,24 +206,20 @@ def embed_genes(
     ----------
     adata
         Tokenized cells (see :func:`embed`); only needed for ``mode="contextual"`` and to map genes to tokens.
-    model
-        A :class:`mixgf.MixGeneformer`, a model directory, or `None` for the bundled default model.
+    {doc_model}
     mode
         ``"static"``: the token's row of the input embedding table, the same in every dataset.
         ``"contextual"``: the hidden state of the gene's token at ``layer``, averaged over every cell of ``adata``
         where the gene is among the cell's tokens.
-    tokens_key
-        ``obsm`` key of the tokens.
+    {doc_tokens_key}
     layer
         Hidden state for ``mode="contextual"`` (see :func:`embed`).
-    device
-        Torch device; `None` uses :attr:`mixgf.settings.device`.
+    {doc_device}
     token_budget
         Tokens per batch.
     key_added
         ``varm`` key of the embeddings.
-    copy
-        Return a modified copy instead of writing into ``adata``.
+    {doc_copy}
 
     Returns
     -------

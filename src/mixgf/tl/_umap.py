@@ -6,12 +6,14 @@ from typing import TYPE_CHECKING
 
 from .. import _logging as logg
 from .._keys import EMBEDDING_KEY, NEIGHBORS_KEY, UMAP_KEY
+from .._utils._docs import doc_params
 from ._utils import prepare_target
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 
+@doc_params("doc_copy")
 def umap(
     adata: AnnData,
     *,
@@ -44,8 +46,7 @@ def umap(
         ``obsm`` key of the UMAP coordinates (``uns[key_added]`` gets scanpy's UMAP parameters).
     random_state
         Seed of the neighbours search and UMAP.
-    copy
-        Return a modified copy instead of writing into ``adata``.
+    {doc_copy}
 
     Returns
     -------

@@ -38,7 +38,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     Parameters
     ----------
     device
-        ``None`` takes :attr:`mixgf.settings.device <mixgf._settings.MixgfSettings>`. ``"auto"`` selects CUDA when
+        ``None`` takes :attr:`mixgf.settings.device`. ``"auto"`` selects CUDA when
         available and the CPU otherwise (MPS is never selected automatically). Under ``torchrun`` (``LOCAL_RANK``
         set) ``"auto"`` and a plain ``"cuda"`` become ``cuda:LOCAL_RANK`` (modulo the number of visible GPUs), so
         every process gets its own GPU; an explicit index (``"cuda:1"``) or ``"cpu"`` is kept.

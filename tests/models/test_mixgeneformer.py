@@ -73,3 +73,35 @@ def test_saving_a_loaded_model_does_not_change_what_load_returns(tmp_path):
     assert again is not model and again.path != tmp_path / "copy"
     unverified = mgf.MixGeneformer.load(verify=False)
     assert mgf.MixGeneformer.load() is again and unverified is not again
+
+
+def test_load_sees_a_folder_rewritten_in_the_same_process(tmp_path):
+    import copy
+    import os
+
+    folder = copy.deepcopy(mgf.MixGeneformer.load()).save(tmp_path / "m")
+    first = mgf.MixGeneformer.load(folder)
+    assert mgf.MixGeneformer.load(folder) is first  # unchanged folder: the cached object
+    changed = copy.deepcopy(first)
+    with torch.no_grad():
+        next(changed.encoder.parameters()).add_(1.0)
+    changed.save(folder, overwrite=True)
+    again = mgf.MixGeneformer.load(folder)
+    assert again is not first
+    torch.testing.assert_close(next(again.encoder.parameters()), next(changed.encoder.parameters()))
+    # a file damaged on disk after a load is noticed by the next load
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000))
+    with pytest.raises(ValueError, match="corrupt"):
+        mgf.MixGeneformer.load(folder)
+
+
+def test_command_line_reports_its_version(capsys):
+    from mixgf.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"mixgf {mgf.__version__}"

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
 VOCAB_FILE = "vocab.json"
 
-_CACHE: dict[tuple[str, str], MixGeneformer] = {}
+_CACHE: dict[tuple[str, str, tuple], MixGeneformer] = {}
+"""Verified models by (folder, device, what is on disk): a folder rewritten since it was loaded is read again."""
 
 
 @dataclass
@@ -127,7 +128,7 @@ class MixGeneformer:
         from ..module._checkpoint import load_model_dir
 
         path = DEFAULT_MODEL_DIR if source is None else Path(source)
-        key = (str(path.resolve()), str(device))
+        key = (str(path.resolve()), str(device), _dir_stamp(path))
         if key in _CACHE and verify:
             return _CACHE[key]
         if not (path / "manifest.json").is_file():
@@ -262,6 +263,15 @@ class MixGeneformer:
                 del _CACHE[key]
         self.path, self.weights_sha256 = out, _weights_sha(manifest)
         return out
+
+
+def _dir_stamp(path: Path) -> tuple:
+    """Size and modification time (ns) of every file of a model folder: changes whenever a file is rewritten."""
+    if not path.is_dir():
+        return ()
+    return tuple(
+        (f.name, st.st_size, st.st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file() and (st := f.stat())
+    )
 
 
 def _weights_sha(manifest: dict[str, Any]) -> str | None:

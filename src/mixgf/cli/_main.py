@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .._keys import EMBEDDING_KEY, PERTURB_KEY, SHARD_KEY, TOKENS_KEY, tokens_obs_keys
+from .._version import __version__
 
 N_TOKENS, EMPTY = tokens_obs_keys(TOKENS_KEY)
 
@@ -380,6 +381,7 @@ def _shard_args(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mixgf`` command."""
     p = argparse.ArgumentParser(prog="mixgf", description="Mix-Geneformer for the scverse.")
+    p.add_argument("--version", action="version", version=f"mixgf {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser(
         "demo", help="tokenize, embed and perturb the bundled human and mouse datasets with the default model"

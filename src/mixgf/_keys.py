@@ -12,3 +12,12 @@ EMBEDDING_KEY = "X_mixgf"
 def tokens_obs_keys(key: str) -> tuple[str, str]:
     """Names of the ``obs`` columns written next to ``obsm[key]``: (token count, empty-cell flag)."""
     return f"{key}_n_tokens", f"{key}_empty"
+
+
+PERTURB_KEY = "mixgf_perturb"
+"""``uns`` key of the in silico perturbation results (``results``, ``params``) and stem of its ``obsm`` keys."""
+
+
+def perturb_obsm_keys(key: str) -> tuple[str, str]:
+    """Names of the ``obsm`` entries written next to ``uns[key]``: (per-cell shifts, original embeddings)."""
+    return f"{key}_shift", f"{key}_original"

@@ -214,3 +214,9 @@ def test_bad_goal_selection_and_options(a, default_model):
     with pytest.raises(ValueError, match="same gene twice"):
         mgf.tl.perturb(a, genes=[["CD74", "CD74"]], model=default_model)
 
+
+def test_copy_with_inplace_false_is_an_error(a, default_model):
+    before = set(a.uns) | set(a.obsm)
+    with pytest.raises(ValueError, match=r"inplace=False.*copy=True"):
+        mgf.tl.perturb(a, genes=["CD74"], model=default_model, inplace=False, copy=True)
+    assert set(a.uns) | set(a.obsm) == before

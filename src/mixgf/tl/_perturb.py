@@ -285,7 +285,8 @@ def perturb(
     inplace
         Write into ``adata``; with ``inplace=False`` only return the results table.
     copy
-        Return a modified copy instead of writing into ``adata``.
+        Return a modified copy instead of writing into ``adata`` (with ``inplace=True``; ``inplace=False`` with
+        ``copy=True`` is an error, as it would write nothing).
 
     Returns
     -------
@@ -325,7 +326,7 @@ def perturb(
     from ..engine.perturb._screen import run_screen
 
     t_start = time.perf_counter()
-    _check_options(mode, rank_shift, test, n_controls)
+    _check_options(mode, rank_shift, test, n_controls, inplace, copy)
     if isinstance(model, CellClassifier):
         mdl = model.model
         layer = model.layer if layer is None else layer
@@ -426,7 +427,7 @@ def perturb(
     return target if copy else None
 
 
-def _check_options(mode: str, rank_shift: float | int, test: str, n_controls: int) -> None:
+def _check_options(mode: str, rank_shift: float | int, test: str, n_controls: int, inplace: bool, copy: bool) -> None:
     from ..engine.perturb._copies import _check_mode
 
     _check_mode(mode, rank_shift)
@@ -435,6 +436,12 @@ def _check_options(mode: str, rank_shift: float | int, test: str, n_controls: in
         raise ValueError(msg)
     if test == "matched" and n_controls < 3:
         msg = f"test='matched' needs n_controls >= 3 (got {n_controls}); use test='none' to skip p-values."
+        raise ValueError(msg)
+    if copy and not inplace:
+        msg = (
+            "copy=True writes the results into a copy of adata, but inplace=False writes nothing and returns only "
+            "the results table: pass one of them (inplace=False for the table, copy=True for an annotated copy)."
+        )
         raise ValueError(msg)
 
 

@@ -26,8 +26,13 @@ UMAP_KEY = "X_mixgf_umap"
 LABEL_KEY = "mixgf_label"
 """``obs`` key of the predicted labels of :func:`mixgf.tl.classify` (``_score`` in obs, ``_proba`` in obsm)."""
 
-PERTURB_KEY = "mixgf_perturb"
-"""``uns`` key of the results of :func:`mixgf.tl.perturb` (per-cell shifts in ``obsm[PERTURB_KEY + "_shift"]``)."""
-
 SHARD_KEY = "mixgf_shard"
 """``uns`` key recording which input rows a shard written by the ``mixgf`` jobs holds."""
+
+PERTURB_KEY = "mixgf_perturb"
+"""``uns`` key of the in silico perturbation results (``results``, ``params``) and stem of its ``obsm`` keys."""
+
+
+def perturb_obsm_keys(key: str) -> tuple[str, str]:
+    """Names of the ``obsm`` entries written next to ``uns[key]``: (per-cell shifts, original embeddings)."""
+    return f"{key}_shift", f"{key}_original"

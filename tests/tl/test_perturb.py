@@ -215,52 +215,8 @@ def test_bad_goal_selection_and_options(a, default_model):
         mgf.tl.perturb(a, genes=[["CD74", "CD74"]], model=default_model)
 
 
-def _simulated_screen(seed: int, n_cells: int = 60, n_genes: int = 400):
-    """A null screen: every gene has its own effect, shifts fall with rank, genes are detected in some cells only.
-
-    Weakly expressed genes then sit below every gene that shares all their cells, and their controls change order
-    from cell to cell: the situation in which assuming the controls' variance for the tested gene is wrong.
-    """
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(seed)
-    level = rng.normal(size=n_genes)
-    expr = level[None, :] + rng.normal(scale=0.7, size=(n_cells, n_genes))
-    detected = rng.random((n_cells, n_genes)) < 1 / (1 + np.exp(-2 * level - 1))[None, :]
-    rel = np.zeros_like(expr)
-    for i in range(n_cells):
-        idx = np.flatnonzero(detected[i])
-        order = idx[np.argsort(-expr[i, idx])]
-        rel[i, order] = (np.arange(order.shape[0]) + 0.5) / order.shape[0]
-    shifts = 3.0 * np.exp(-3 * rel) + rng.normal(size=n_genes)[None, :]
-    shifts[~detected] = np.nan
-    return shifts, detected, sp.csr_matrix(rel), [np.array([g]) for g in range(n_genes)]
-
-
-def test_matched_test_is_calibrated_on_a_simulated_null_screen():
-    from mixgf.tl._perturb import _choose_controls, _matched_test
-
-    pvalues = []
-    for seed in range(5):
-        shifts, detected, ranks, sets = _simulated_screen(seed)
-        chosen = _choose_controls(ranks, detected, sets, np.arange(len(sets)), 20, "delete", seed=seed)
-        controls = [[c[0] for c in cc] for cc in chosen]
-        expected, _, _, p = _matched_test(shifts, detected, len(sets), controls, sets, ranks)
-        pvalues.append(p[np.isfinite(p)])
-        # the expected shift is the mean over cells of np.interp between the cell's controls (flat beyond them)
-        for g in (3, 150, 399):
-            rows = np.flatnonzero(detected[:, g])
-            cols = np.asarray(controls[g])
-            want = []
-            for i in rows:
-                have = cols[detected[i, cols]]
-                if have.shape[0] >= 3:
-                    r = ranks[i, have].toarray().ravel()
-                    o = np.argsort(r, kind="stable")
-                    want.append(np.interp(ranks[i, g], r[o], shifts[i, have][o]))
-            if want:
-                assert expected[g] == pytest.approx(np.mean(want), rel=1e-12, abs=1e-12)
-    p = np.concatenate(pvalues)
-    assert p.shape[0] > 1_500
-    assert stats.kstest(p, "uniform").pvalue > 0.01
-    assert abs((p < 0.05).mean() - 0.05) < 0.015
+def test_copy_with_inplace_false_is_an_error(a, default_model):
+    before = set(a.uns) | set(a.obsm)
+    with pytest.raises(ValueError, match=r"inplace=False.*copy=True"):
+        mgf.tl.perturb(a, genes=["CD74"], model=default_model, inplace=False, copy=True)
+    assert set(a.uns) | set(a.obsm) == before

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .._keys import EMBEDDING_KEY, PERTURB_KEY, SHARD_KEY, TOKENS_KEY, tokens_obs_keys
+from .._keys import EMBEDDING_KEY, PERTURB_KEY, SHARD_KEY, TOKENS_KEY, perturb_obsm_keys, tokens_obs_keys
 from .._version import __version__
 
 N_TOKENS, EMPTY = tokens_obs_keys(TOKENS_KEY)
@@ -274,7 +274,7 @@ def _perturb(args: argparse.Namespace) -> int:
         adata.X = None
         mgf.tl.perturb(adata, model=model, device=device, distributed=False, **pt_kw)
         entry = adata.uns[PERTURB_KEY]
-        shifts = adata.obsm[f"{PERTURB_KEY}_shift"]
+        shifts = adata.obsm[perturb_obsm_keys(PERTURB_KEY)[0]]
         scored = ~np.isnan(shifts.to_numpy()).all(axis=1)
         table = entry["results"].copy()
         for col in table.columns:  # lists (control genes) -> text, so the table fits in .var

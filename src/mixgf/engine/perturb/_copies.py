@@ -47,7 +47,7 @@ def _shift_positions(n: int, rank_shift: float | int) -> int:
     return int(rank_shift)
 
 
-def _check_mode(mode: str, rank_shift: float | int) -> None:
+def check_mode(mode: str, rank_shift: float | int) -> None:
     if mode not in PERTURB_MODES:
         msg = f"Unknown perturbation mode {mode!r}; use one of {', '.join(PERTURB_MODES)}."
         raise ValueError(msg)
@@ -126,7 +126,7 @@ def perturb_cell(
     >>> perturb_cell(cell, [12, 99], "delete") is None  # the cell does not express gene 99
     True
     """
-    _check_mode(mode, rank_shift)
+    check_mode(mode, rank_shift)
     cell = np.asarray(cell)
     front, back = cell[:n_front], cell[cell.shape[0] - n_back :]
     genes = cell[n_front : cell.shape[0] - n_back]
@@ -298,7 +298,7 @@ def perturbation_shifts(
     >>> bool((result.shifts[expressed] >= 0).all())  # 1 - cosine similarity
     True
     """
-    _check_mode(mode, rank_shift)
+    check_mode(mode, rank_shift)
     tokens = np.asarray(tokens)
     lengths = np.asarray(lengths, dtype=np.int64)
     n_cells, n_sets = tokens.shape[0], len(gene_sets)

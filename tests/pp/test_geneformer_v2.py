@@ -167,7 +167,7 @@ def test_two_old_ids_and_a_symbol_collapse_into_one_token(v2):
         mgf.pp.rank_tokenize(twice, vocab="geneformer-v2", gene_id_key="gene_id")
     with pytest.warns(UserWarning, match="1 of 3 cells express no gene"):
         mgf.pp.rank_tokenize(twice, vocab="geneformer-v2", gene_id_key="gene_id", duplicates="sum")
-    assert twice.obsm[KEY][2].tolist() == [v2.id_of("cls"), v2.id_of("eos")]  # an empty V2 cell: <cls>, <eos>
+    assert twice.obsm[KEY][2].tolist() == [v2.id_of("cls"), v2.id_of("eos"), 0]  # an empty V2 cell: <cls>, <eos>
     assert twice.obs[f"{KEY}_empty"].tolist() == [False, False, True]
 
 

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from .. import _logging as logg
 from .._keys import TOKENS_KEY, tokens_obs_keys
 from .._settings import settings
-from ..genes import Vocabulary, map_to_ensembl, strip_version
+from ..genes import Vocabulary, map_to_ensembl
 from ._input import get_matrix, iter_csr_chunks
 from ._kernels import check_values, tokenize_csr
 from ._store import TokenStoreWriter, check_store_path
@@ -31,13 +31,11 @@ _TOP_UNMAPPED = 20
 
 @dataclass
 class _GenePlan:
-    """How the data's columns feed the tokenizer: token per column, optional summing of duplicate columns."""
+    """How the data's columns feed the tokenizer: token per column, optional summing of columns sharing a token."""
 
     mapping: GeneMapping
     col2tok: np.ndarray  # token per data column, -1 outside the vocabulary
-    sum_matrix: sp.csr_matrix | None  # columns -> aggregated columns when duplicates are summed
-    agg_col2tok: np.ndarray | None
-    merged_tokens: np.ndarray | None = None  # tokens that several columns were summed into
+    merged_tokens: np.ndarray | None = None  # tokens that several columns are summed into (the kernel collapses)
 
 
 def _plan_genes(
@@ -85,11 +83,10 @@ def _plan_genes(
     in_vocab = col2tok[col2tok >= 0]
     dup_tok = np.unique(in_vocab[pd.Series(in_vocab).duplicated().to_numpy()])
     if len(dup_tok) == 0:
-        return _GenePlan(mapping, col2tok.astype(np.int64), None, None)
+        return _GenePlan(mapping, col2tok.astype(np.int64))
     if vocab.rules.collapse and duplicates != "sum":
         # the rules merge different input genes that map to one ID; the same name twice is still an input error
-        key = pd.Series(strip_version(names.astype(str).str.strip().to_numpy()), dtype=object)
-        same = key[col2tok >= 0].duplicated(keep=False).to_numpy()
+        same = pd.Series(names[col2tok >= 0]).duplicated(keep=False).to_numpy()
         if same.any():
             twice = pd.unique(names[col2tok >= 0][same])[:10].tolist()
             msg = (
@@ -106,18 +103,7 @@ def _plan_genes(
             "their counts, or remove the extra vars."
         )
         raise ValueError(msg)
-    # columns -> one column per in-vocabulary token (summed) + every out-of-vocabulary column unchanged
-    uniq = np.unique(in_vocab)
-    out_cols = np.flatnonzero(col2tok < 0)
-    target = np.empty(adata.n_vars, dtype=np.int64)
-    mapped = col2tok >= 0
-    target[mapped] = np.searchsorted(uniq, col2tok[mapped])
-    target[out_cols] = len(uniq) + np.arange(len(out_cols))
-    m = sp.csr_matrix(
-        (np.ones(adata.n_vars), (np.arange(adata.n_vars), target)), shape=(adata.n_vars, len(uniq) + len(out_cols))
-    )
-    agg = np.concatenate([uniq, np.full(len(out_cols), -1, dtype=np.int64)])
-    return _GenePlan(mapping, col2tok.astype(np.int64), m, agg, dup_tok)
+    return _GenePlan(mapping, col2tok.astype(np.int64), dup_tok)
 
 
 def _add_special(out: np.ndarray, n_genes: np.ndarray, cls_id: int | None, eos_id: int | None) -> None:
@@ -333,7 +319,7 @@ def rank_tokenize(
     cell_vocab = np.zeros(n_obs, dtype=np.float64)
     in_vocab_col = (plan.col2tok >= 0).astype(np.float64)
     n_nonint = 0
-    col2tok = plan.agg_col2tok if plan.sum_matrix is not None else plan.col2tok
+    col2tok = plan.col2tok
 
     from tqdm.auto import tqdm
 
@@ -346,8 +332,6 @@ def rank_tokenize(
             gene_totals += np.bincount(block.indices, weights=block.data, minlength=adata.n_vars)
             cell_total[start:end] = np.asarray(block.sum(axis=1)).ravel()
             cell_vocab[start:end] = block @ in_vocab_col
-            if plan.sum_matrix is not None:
-                block = sp.csr_matrix(block @ plan.sum_matrix)
             out = full[start:end] if full is not None else np.full((end - start, max_len), pad, vocab.dtype)
             n_blk = tokenize_csr(
                 block.indptr,
@@ -360,6 +344,7 @@ def rank_tokenize(
                 max_genes=max_genes,
                 out=out,
                 start_col=int(rules.add_cls),
+                collapse=plan.merged_tokens is not None,
             )
             n_genes[start:end] = n_blk
             if full is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -509,6 +509,88 @@ class Vocabulary:
             genes = {t for t in tokens if t not in specials.values()}
             id_map = {str(k): str(v) for k, v in sorted(id_map.items()) if str(v) in genes}
         return cls(tokens, medians, specials, rules, name, src, provenance or {}, id_map)
+
+
+_FOLDER_FILES = {
+    "token_dictionary": "token_dictionary*.pkl",
+    "gene_median_dictionary": "gene_median_dictionary*.pkl",
+    "ensembl_mapping_dict": "ensembl_mapping_dict*.pkl",
+}
+
+
+def vocabulary_from_geneformer_folder(folder: str | Path, *, name: str | None = None) -> Vocabulary:
+    """Build the vocabulary of a checkpoint folder that brings its own Geneformer dictionaries.
+
+    The folder must hold exactly one ``token_dictionary*.pkl`` and one ``gene_median_dictionary*.pkl``, and, when
+    the token dictionary has ``<cls>`` and ``<eos>`` (a V2-style model), one ``ensembl_mapping_dict*.pkl``. All
+    are read with :func:`mixgf.genes.read_geneformer_pickle` (no code runs). The rules are inferred: special tokens
+    present -> :data:`GENEFORMER_V2_RULES` with the folder's mapping dictionary; otherwise mouse tokens present
+    (Mouse-/Mix-Geneformer) -> :data:`MIX_GENEFORMER_RULES`, else :data:`GENEFORMER_V1_RULES`. A mapping dictionary
+    that is not the identity on the vocabulary's genes is used (with collapsing) in every case.
+
+    Parameters
+    ----------
+    folder
+        The checkpoint folder.
+    name
+        Name of the vocabulary; defaults to the folder name.
+
+    Returns
+    -------
+    mixgf.genes.Vocabulary
+        The vocabulary; its provenance names the files read.
+
+    Raises
+    ------
+    FileNotFoundError
+        A required dictionary is missing; the message lists what is missing and which ``.pkl`` files are there.
+    ValueError
+        Several files match one dictionary, or a dictionary is not a plain Geneformer pickle.
+    """
+    from ._pickle import read_geneformer_pickle
+
+    folder = Path(folder)
+    found: dict[str, Path | None] = {}
+    for role, pattern in _FOLDER_FILES.items():
+        hits = sorted(folder.glob(pattern))
+        if len(hits) > 1:
+            msg = f"{folder} holds several {pattern} files ({[h.name for h in hits]}): keep the one the model uses."
+            raise ValueError(msg)
+        found[role] = hits[0] if hits else None
+    tok = read_geneformer_pickle(found["token_dictionary"]) if found["token_dictionary"] else None
+    v2_style = tok is not None and "<cls>" in tok and "<eos>" in tok
+    required = ["token_dictionary", "gene_median_dictionary"] + (["ensembl_mapping_dict"] if v2_style else [])
+    missing = [_FOLDER_FILES[r] for r in required if found[r] is None]
+    if missing:
+        there = sorted(p.name for p in folder.glob("*.pkl"))
+        why = " (its token dictionary has <cls>/<eos>: a V2-style model)" if v2_style else ""
+        msg = (
+            f"{folder} lacks the Geneformer dictionaries {missing}{why}; .pkl files there: {there or 'none'}. Copy the "
+            "model's dictionaries into the folder, or pass vocab='geneformer-v1' / 'geneformer-v2' / a vocabulary."
+        )
+        raise FileNotFoundError(msg)
+    assert tok is not None
+    med = read_geneformer_pickle(found["gene_median_dictionary"])
+    mapping = read_geneformer_pickle(found["ensembl_mapping_dict"]) if found["ensembl_mapping_dict"] else None
+    genes = {t for t in tok if not (t.startswith("<") and t.endswith(">"))}
+    if v2_style:
+        rules = GENEFORMER_V2_RULES
+    else:
+        mouse = any(species_of_id(g) == "mouse" for g in genes)
+        rules = MIX_GENEFORMER_RULES if mouse else GENEFORMER_V1_RULES
+        identity = mapping is None or all(str(v) == str(k).upper() for k, v in mapping.items() if str(v) in genes)
+        if not identity:
+            rules = replace(rules, id_mapping="geneformer", collapse=True)
+    files = {r: p.name for r, p in found.items() if p is not None}
+    return Vocabulary.from_geneformer(
+        tok,
+        med,
+        rules=rules,
+        name=name or folder.name,
+        median_source=files["gene_median_dictionary"],
+        provenance={"source": f"Geneformer dictionaries of checkpoint folder {folder}", "files": files},
+        id_map=mapping if rules.id_mapping == "geneformer" else None,
+    )
 
 
 def _load_preset(name: str) -> Vocabulary:

@@ -63,7 +63,7 @@ class TokenizerRules:
         How input gene names find their token. ``"identity"``: Ensembl IDs as given (versions stripped), symbols
         through mixgf's symbol tables and, failing those, unambiguous previous / alias symbols
         (:func:`mixgf.genes.alias_map`); Geneformer V1, Mouse-/Mix-Geneformer. ``"geneformer"``: every name,
-        upper-cased, through the vocabulary's Ensembl mapping dictionary (:attr:`Vocabulary.id_map`; retired IDs,
+        upper-cased, through the vocabulary's Ensembl mapping dictionary (``Vocabulary.id_map``; retired IDs,
         symbols and aliases -> current ID), as Geneformer V2's tokenizer does; a name it lacks is left out.
     collapse
         Sum the counts of different input genes that map to the same token before normalising (Geneformer V2's

@@ -30,6 +30,10 @@ Methods
 ``reference-sparse``
     The same upstream expression evaluated literally on the installed scipy, where ``csr_matrix / ndarray`` stays
     sparse (``self.multiply(1 / other)``): what a user running Geneformer's code today gets.
+``mixgf-v1``, ``mixgf-v2``
+    ``rank_tokenize`` with ``vocab="geneformer-v1"`` (IDs as given, 2,048 tokens) and ``vocab="geneformer-v2"``
+    (every ID through Geneformer's mapping dictionary, genes mapping to one ID summed, ``<cls>`` + 4,094 genes +
+    ``<eos>``), to measure what V2's rules cost (human inputs only). Not part of the default ``--methods``.
 
 Both references use the same vocabulary, medians and column -> token mapping as mixgf
 (``mixgf.genes.map_to_ensembl`` + ``Vocabulary.token_ids``). mixgf's vocabulary normalizes by the total of the
@@ -43,6 +47,7 @@ Usage::
     python benchmarks/tokenization.py --write-docs         # also update docs/benchmarks.md
     python benchmarks/tokenization.py --cprofile --cells 50000   # cProfile of rank_tokenize only (pbmc)
     python benchmarks/tokenization.py --cprofile baron --cells 50000
+    python benchmarks/tokenization.py --methods mixgf-v1,mixgf-v2 --cells 50000 --mouse-cells 0 --repeats 3
 
 This is a benchmark, not a test: it asserts nothing and takes minutes.
 """
@@ -84,6 +89,10 @@ METHODS = {
     "reference": "Geneformer-style reference (dense)",
     "reference-sparse": "Geneformer code on scipy 1.17 (sparse)",
 }
+# rank_tokenize under Geneformer's V1 and V2 rules (opt-in; human inputs only)
+PRESET_METHODS = {"mixgf-v1": "geneformer-v1", "mixgf-v2": "geneformer-v2"}
+METHODS |= {m: f"mixgf `rank_tokenize(vocab={v!r})`" for m, v in PRESET_METHODS.items()}
+DEFAULT_METHODS = ("mixgf", "reference", "reference-sparse")
 
 
 @dataclass(frozen=True)
@@ -223,8 +232,8 @@ def run_method(method: str, adata, gene_id_key: str | None):
     """Run one method on ``adata``; returns what it produced (kept alive until memory is read)."""
     import mixgf as mgf
 
-    if method == "mixgf":
-        mgf.pp.rank_tokenize(adata, gene_id_key=gene_id_key)
+    if method == "mixgf" or method in PRESET_METHODS:
+        mgf.pp.rank_tokenize(adata, gene_id_key=gene_id_key, vocab=PRESET_METHODS.get(method, "mixgf"))
         return adata.obsm["mixgf_tokens"]
     vocab = mgf.genes.Vocabulary.load("mixgf")
     return geneformer_reference(adata, gene_id_key, vocab, dense=method == "reference")
@@ -232,7 +241,7 @@ def run_method(method: str, adata, gene_id_key: str | None):
 
 def flatten(method: str, out, adata) -> tuple[np.ndarray, np.ndarray]:
     """All cells' tokens concatenated (uint16) and the number per cell."""
-    if method == "mixgf":
+    if method == "mixgf" or method in PRESET_METHODS:
         lengths = adata.obs["mixgf_tokens_n_tokens"].to_numpy().astype(np.int64)
         mask = np.arange(out.shape[1])[None, :] < lengths[:, None]
         return out[mask].astype(np.uint16), lengths
@@ -385,6 +394,8 @@ def run_profile(profile: Profile, n_cells: int, args: argparse.Namespace, method
 
         results = {}
         for method in methods:
+            if method in PRESET_METHODS and profile.name != "pbmc":
+                continue  # the Geneformer vocabularies hold human genes only
             print(f"  running {method} ...", flush=True)
             results[method] = res = run_child(method, workdir, args.repeats)
             best = min(res["seconds"])
@@ -393,12 +404,15 @@ def run_profile(profile: Profile, n_cells: int, args: argparse.Namespace, method
                 f"peak +{res['peak_mb']:,.0f} MB",
                 flush=True,
             )
+        if "mixgf-v1" in results and "mixgf-v2" in results:
+            ratio = min(results["mixgf-v2"]["seconds"]) / min(results["mixgf-v1"]["seconds"])
+            print(f"  V2 / V1 time: {ratio:.2f}x (best of {args.repeats})", flush=True)
         checks = {}
         if "mixgf" in methods:
             vocab = mgf.genes.Vocabulary.load("mixgf")
             col2tok = column_tokens(ids, vocab)
             for ref in methods:
-                if ref != "mixgf":
+                if ref != "mixgf" and ref not in PRESET_METHODS:
                     checks[ref] = compare(workdir, "mixgf", ref, X, col2tok, vocab.medians)
     return {"info": info, "results": results, "checks": checks}
 
@@ -640,7 +654,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--mouse-cells", type=int, default=50_000, help="cells of the second (mouse pancreas) input; 0 skips it"
     )
     p.add_argument("--repeats", type=int, default=1, help="timed calls per method; the best is reported")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {list(METHODS)}")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated subset of {list(METHODS)}")
     p.add_argument("--seed", type=int, default=0, help="seed of the row shuffle")
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="shared folder (default ../shared)")
     p.add_argument("--tmp", default=None, help="folder for the temporary input/output files (default: system tmp)")

@@ -3,6 +3,9 @@
 Writes, under src/mixgf/:
 - genes/data/geneformer_gc30M_vocab.json.gz  Geneformer V1 dictionary + medians (Apache-2.0), V1 rules
 - genes/data/geneformer_gc95M_vocab.json.gz  Geneformer 95M dictionary + medians (Apache-2.0), V2 rules
+- genes/data/geneformer_gc95M_id_map.tsv.gz   Geneformer's ensembl_mapping_dict_gc95M (Apache-2.0) as one row per
+                                              target ID with its ``|``-joined keys; identities left out, targets
+                                              restricted to genes of the packaged vocabularies
 - datasets/data/pbmc3k.h5ad                  10x PBMC 3k raw counts + labels (MIT)
 - datasets/data/baron2016_mouse_pancreas.h5ad Baron 2016 mouse 1 pancreas raw counts + labels (MIT)
 
@@ -33,7 +36,7 @@ def read_tsv(path: Path) -> pd.DataFrame:
         return pd.read_csv(f, sep="\t", dtype=str, keep_default_na=False)
 
 
-def geneformer_vocab(shared: Path, tag: str, rules, name: str) -> Vocabulary:
+def geneformer_vocab(shared: Path, tag: str, rules, name: str, id_map: str | None = None) -> Vocabulary:
     d = shared / "data" / "geneformer_dicts"
     tok = read_tsv(d / f"token_dictionary_{tag}.tsv.gz")
     med = read_tsv(d / f"gene_median_dictionary_{tag}.tsv.gz")
@@ -43,11 +46,30 @@ def geneformer_vocab(shared: Path, tag: str, rules, name: str) -> Vocabulary:
         rules=rules,
         name=name,
         median_source=f"geneformer_{tag}",
+        id_map=id_map,
         provenance={
             "source": f"Geneformer token_dictionary_{tag} and gene_median_dictionary_{tag} "
             "(Hugging Face ctheodoris/Geneformer, Apache-2.0; copy from GitHub zyj1729/Geneformer@b466b7b)",
         },
     )
+
+
+def id_map_table(shared: Path, out: Path, vocabularies: list[Vocabulary]) -> str:
+    """Write the compact copy of ensembl_mapping_dict_gc95M; return the sha256 of the source TSV."""
+    import hashlib
+
+    src = shared / "data" / "geneformer_dicts" / "ensembl_mapping_dict_gc95M.tsv.gz"
+    m = read_tsv(src)
+    genes = set().union(*(set(np.asarray(v.tokens)[v.is_gene]) for v in vocabularies))
+    m = m[(m["key"] != m["ensembl_id"]) & m["ensembl_id"].isin(genes)]
+    if not (m["key"] == m["key"].str.upper()).all() or m["key"].str.contains("|", regex=False).any():
+        msg = "expected upper-case keys without '|' in ensembl_mapping_dict_gc95M"
+        raise ValueError(msg)
+    table = m.sort_values(["ensembl_id", "key"]).groupby("ensembl_id", sort=True)["key"].agg("|".join)
+    text = table.reset_index().rename(columns={"key": "keys"}).to_csv(sep="\t", index=False)
+    (out / "geneformer_gc95M_id_map.tsv.gz").write_bytes(gzip.compress(text.encode(), 9, mtime=0))
+    print(f"id map: {len(m):,} keys -> {len(table):,} IDs")
+    return hashlib.sha256(src.read_bytes()).hexdigest()
 
 
 def datasets(shared: Path, out: Path) -> None:
@@ -84,7 +106,12 @@ def main() -> None:
     gdir = ROOT / "src/mixgf/genes/data"
     v1 = geneformer_vocab(args.shared, "gc30M", GENEFORMER_V1_RULES, "geneformer-v1")
     v1.save(gdir / "geneformer_gc30M_vocab.json.gz")
-    v2 = geneformer_vocab(args.shared, "gc95M", GENEFORMER_V2_RULES, "geneformer-v2")
+    v2 = geneformer_vocab(args.shared, "gc95M", GENEFORMER_V2_RULES, "geneformer-v2", id_map="geneformer_gc95M")
+    sha = id_map_table(args.shared, gdir, [v1, v2, Vocabulary.load(gdir / "mixgf_default_vocab.json.gz")])
+    v2.provenance["id_map"] = (
+        "Geneformer ensembl_mapping_dict_gc95M (same source), packaged as geneformer_gc95M_id_map.tsv.gz; "
+        f"sha256 of the source TSV {sha}"
+    )
     v2.save(gdir / "geneformer_gc95M_vocab.json.gz")
     print(v1, v2, sep="\n")
     ddir = ROOT / "src/mixgf/datasets/data"

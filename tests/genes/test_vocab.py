@@ -125,8 +125,15 @@ def test_geneformer_pickles_match_shipped_vocabularies(tag):
     assert v.tokens == [t for t, _ in sorted(tok.items(), key=lambda kv: kv[1])]
     genes = np.asarray(v.tokens)[v.is_gene]
     np.testing.assert_array_equal(v.medians[v.is_gene], [med[g] for g in genes])
-    rebuilt = Vocabulary.from_geneformer(tok, med, rules=v.rules, name=v.name, median_source=f"geneformer_{tag}")
+    mapping = None
+    if v.rules.id_mapping == "geneformer":
+        mapping = read_geneformer_pickle(SHARED / "geneformer_dicts" / f"ensembl_mapping_dict_{tag}.pkl")
+    rebuilt = Vocabulary.from_geneformer(
+        tok, med, rules=v.rules, name=v.name, median_source=f"geneformer_{tag}", id_map=mapping
+    )
     assert rebuilt.tokens == v.tokens
+    # the packaged mapping table is the pickle's mapping, as the tokenizer sees it
+    assert rebuilt.input_id_map == v.input_id_map
 
 
 def test_tsv_tables_are_gzip_text():

@@ -156,7 +156,12 @@ class MixGeneformer:
 
     @classmethod
     def from_huggingface(
-        cls, path: str | Path, *, vocab: str | Path | Vocabulary, name: str | None = None, device: str = "cpu"
+        cls,
+        path: str | Path,
+        *,
+        vocab: str | Path | Vocabulary | None = None,
+        name: str | None = None,
+        device: str = "cpu",
     ) -> MixGeneformer:
         """Import a Geneformer / Mouse-Geneformer / Mix-Geneformer checkpoint from a local folder.
 
@@ -168,7 +173,12 @@ class MixGeneformer:
         vocab
             The vocabulary the checkpoint was trained with: ``"geneformer-v1"`` for the 2,048-token V1 models,
             ``"geneformer-v2"`` for the 4,096-token models, or a vocabulary JSON converted from the model's
-            token dictionary (:meth:`mixgf.genes.Vocabulary.from_geneformer`).
+            token dictionary (:meth:`mixgf.genes.Vocabulary.from_geneformer`). `None`: the folder brings its own
+            Geneformer dictionaries (Mouse-Geneformer, Mix-Geneformer, or a V2 model with its files):
+            ``token_dictionary*.pkl``, ``gene_median_dictionary*.pkl`` and, for a token dictionary with ``<cls>`` /
+            ``<eos>``, ``ensembl_mapping_dict*.pkl``, read with :func:`mixgf.genes.read_geneformer_pickle`; the
+            rules follow from them (``<cls>``/``<eos>`` present: V2's rules with the folder's mapping dictionary).
+            A missing file is an error that lists what is missing.
         name
             Name to record; defaults to the folder name.
         device
@@ -204,8 +214,10 @@ class MixGeneformer:
         ('tiny-bert', 2, 'relu')
         """
         from ..genes import Vocabulary
+        from ..genes._vocab import vocabulary_from_geneformer_folder
         from ..module._checkpoint import import_hf_bert
 
+        vocab = vocabulary_from_geneformer_folder(path, name=name) if vocab is None else vocab
         encoder, _ = import_hf_bert(path, device=device)
         path = Path(path)
         meta = {"name": name or path.name, "trained": True, "source": f"Hugging Face BERT checkpoint {path}"}

@@ -41,8 +41,12 @@ def _check_values(data: np.ndarray, check_integer: bool) -> tuple[int, int, int,
 
 
 @numba.njit(cache=True, nogil=True)
-def _build_keys(indptr, indices, data, col2tok, medians, norm, target_sum, keys, key_ptr, n_genes):
-    """Fill ``keys`` with the packed sort keys of every row; ``key_ptr`` gets row offsets."""
+def _build_keys(indptr, indices, data, col2tok, medians, norm, target_sum, keys, key_ptr, n_genes, collapse, acc):
+    """Fill ``keys`` with the packed sort keys of every row; ``key_ptr`` gets row offsets.
+
+    With ``collapse``, columns that share a token are summed first (in column order, in ``acc``, which must be all
+    zeros and is left so).
+    """
     n_rows = indptr.shape[0] - 1
     pos = 0
     for r in range(n_rows):
@@ -56,10 +60,20 @@ def _build_keys(indptr, indices, data, col2tok, medians, norm, target_sum, keys,
             for j in range(start, end):
                 if col2tok[indices[j]] >= 0:
                     total += data[j]
+        if collapse:
+            for j in range(start, end):
+                t = col2tok[indices[j]]
+                if t >= 0:
+                    acc[t] += data[j]
         for j in range(start, end):
-            v = data[j]
             t = col2tok[indices[j]]
-            if t < 0 or v <= 0:
+            if t < 0:
+                continue
+            v = data[j]
+            if collapse:
+                v = acc[t]
+                acc[t] = 0.0  # emitted (or zero): later columns of the same token are skipped
+            if v <= 0:
                 continue
             x = v / total * target_sum / medians[t] if norm != 2 else v / medians[t]
             bits = np.uint64(np.float32(x).view(np.uint32))
@@ -71,8 +85,9 @@ def _build_keys(indptr, indices, data, col2tok, medians, norm, target_sum, keys,
 
 @numba.njit(cache=True, nogil=True)
 def _finish_rows(
-    indptr, indices, data, col2tok, medians, norm, target_sum, keys, key_ptr, out, start_col, max_genes, scratch
-):
+    indptr, indices, data, col2tok, medians, norm, target_sum, keys, key_ptr, out, start_col, max_genes, scratch,
+    collapse, done,
+):  # fmt: skip
     """Fix float32 ties with float64 values and write the first ``max_genes`` tokens of each row into ``out``."""
     n_rows = indptr.shape[0] - 1
     low = np.uint64(0xFFFFFFFF)
@@ -97,10 +112,27 @@ def _finish_rows(
                 for j in range(indptr[r], indptr[r + 1]):
                     if col2tok[indices[j]] >= 0:
                         total += data[j]
+            # per token: the sum of its columns (one column unless collapsing), then x exactly as in _build_keys
             for j in range(indptr[r], indptr[r + 1]):
                 t = col2tok[indices[j]]
-                if t >= 0 and data[j] > 0:
-                    scratch[t] = data[j] / total * target_sum / medians[t] if norm != 2 else data[j] / medians[t]
+                if t >= 0:
+                    scratch[t] = 0.0
+            for j in range(indptr[r], indptr[r + 1]):
+                t = col2tok[indices[j]]
+                if t >= 0:
+                    scratch[t] += data[j]
+            for j in range(indptr[r], indptr[r + 1]):
+                t = col2tok[indices[j]]
+                if t >= 0 and scratch[t] > 0 and (not collapse or done[t] == 0):
+                    v = scratch[t]
+                    scratch[t] = v / total * target_sum / medians[t] if norm != 2 else v / medians[t]
+                    if collapse:
+                        done[t] = 1
+            if collapse:
+                for j in range(indptr[r], indptr[r + 1]):
+                    t = col2tok[indices[j]]
+                    if t >= 0:
+                        done[t] = 0
             k = a
             while k < b and k - a <= max_genes:
                 e = k + 1
@@ -138,6 +170,7 @@ def tokenize_csr(
     max_genes: int,
     out: np.ndarray,
     start_col: int = 0,
+    collapse: bool = False,
 ) -> np.ndarray:
     """Rank-value tokens of the rows of a CSR matrix.
 
@@ -146,7 +179,8 @@ def tokenize_csr(
     indptr, indices, data
         The CSR arrays of a block of cells (columns = the data's genes). ``data`` must be non-negative and finite.
     col2tok
-        Token id of every column, ``-1`` for columns outside the vocabulary. Each token appears at most once.
+        Token id of every column, ``-1`` for columns outside the vocabulary. Each token appears at most once
+        unless ``collapse``.
     medians
         Gene median per token id (float64).
     normalization
@@ -160,6 +194,9 @@ def tokenize_csr(
         with the padding id.
     start_col
         First column of ``out`` to write (1 when a ``<cls>`` token comes first).
+    collapse
+        Sum, per cell, the values of columns that share a token (in column order, float64) before normalising, as
+        if those columns had been added up in the input.
 
     Returns
     -------
@@ -176,13 +213,17 @@ def tokenize_csr(
     if n_rows and indptr[0] != 0:
         msg = "tokenize_csr expects a CSR block whose indptr starts at 0 (slice rows with scipy first)."
         raise ValueError(msg)
-    _build_keys(indptr, indices, data, col2tok, medians, norm, float(target_sum), keys, key_ptr, n_genes)
+    acc = np.zeros(medians.shape[0] if collapse else 1, dtype=np.float64)
+    _build_keys(
+        indptr, indices, data, col2tok, medians, norm, float(target_sum), keys, key_ptr, n_genes, bool(collapse), acc
+    )
     for r in np.flatnonzero(n_genes > 1):
         keys[key_ptr[r] : key_ptr[r + 1]].sort()
     scratch = np.zeros(medians.shape[0], dtype=np.float64)
+    done = np.zeros(medians.shape[0] if collapse else 1, dtype=np.uint8)
     _finish_rows(
         indptr, indices, data, col2tok, medians, norm, float(target_sum), keys, key_ptr, out, start_col, max_genes,
-        scratch,
+        scratch, bool(collapse), done,
     )  # fmt: skip
     return np.minimum(n_genes, max_genes)
 

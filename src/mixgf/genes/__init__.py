@@ -5,6 +5,7 @@ This module is the one place where mixgf decides what a gene is; :mod:`mixgf.pp`
 
 from __future__ import annotations
 
+from ._idmap import alias_map
 from ._mapping import GeneMapping, detect_species, map_to_ensembl
 from ._pickle import read_geneformer_pickle
 from ._resolve import ResolvedGene, resolve_genes
@@ -27,6 +28,7 @@ __all__ = [
     "ResolvedGene",
     "TokenizerRules",
     "Vocabulary",
+    "alias_map",
     "detect_species",
     "gene_table",
     "id_to_symbol",

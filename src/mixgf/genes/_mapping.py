@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from ._idmap import alias_map
 from ._tables import ID_PREFIX, SPECIES, is_ensembl_id, strip_version, symbol_map
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 SpeciesArg = Literal["auto", "human", "mouse"]
 
@@ -33,9 +34,15 @@ class GeneMapping:
     species
         The species of the data.
     kind
-        Per var: ``"ensembl"`` (given as an Ensembl ID), ``"symbol"`` (mapped from a symbol), ``"ambiguous"``
-        (a symbol naming several genes), ``"case variant of another var"`` (matches a gene only ignoring case while
-        another var names that gene exactly), ``"unknown"`` (neither) or ``"missing"`` (empty / NaN).
+        Per var: ``"ensembl"`` (given as an Ensembl ID), ``"remapped"`` (an Ensembl ID that the vocabulary's
+        mapping dictionary sends to another, current ID), ``"symbol"`` (mapped from a current symbol), ``"alias"``
+        (mapped from a previous or alias symbol, see :func:`mixgf.genes.alias_map`), ``"ambiguous"`` (a symbol
+        naming several genes), ``"case variant of another var"`` (matches a gene only ignoring case while
+        another var names that gene exactly), ``"alias of another var's gene"`` (an alias of a gene that another
+        var names by its current symbol or ID), ``"alias shared with another var"`` (two vars are aliases of one
+        gene), ``"not in mapping dictionary"`` (an Ensembl ID that ``id_map`` does not hold; it is kept in
+        :attr:`ensembl_ids` but has no token), ``"unknown"`` (neither, or a symbol that ``id_map`` does not hold) or
+        ``"missing"`` (empty / NaN).
 
     Examples
     --------
@@ -56,6 +63,11 @@ class GeneMapping:
     def n_mapped(self) -> int:
         """Number of vars with an Ensembl ID."""
         return int(sum(x is not None for x in self.ensembl_ids))
+
+    @property
+    def n_remapped(self) -> int:
+        """Number of vars mapped from a retired Ensembl ID or from a previous / alias symbol."""
+        return int(np.isin(self.kind, ["remapped", "alias"]).sum())
 
 
 def detect_species(names: Sequence[str] | np.ndarray | pd.Index, species: SpeciesArg = "auto") -> str:
@@ -156,6 +168,8 @@ def map_to_ensembl(
     species: SpeciesArg = "auto",
     *,
     prefer: Sequence[str] | pd.Index | None = None,
+    id_map: Mapping[str, str] | None = None,
+    aliases: bool = True,
 ) -> GeneMapping:
     """Map gene names (Ensembl IDs, versioned or not, or symbols) to unversioned Ensembl IDs.
 
@@ -169,6 +183,14 @@ def map_to_ensembl(
         Ensembl IDs to prefer when a symbol (or a ``;``-joined list of IDs) names several genes, typically the
         vocabulary: the name maps when exactly one candidate is in ``prefer``; otherwise it stays unmapped and is
         reported as ``"ambiguous"``.
+    id_map
+        A Geneformer Ensembl mapping dictionary (upper-cased name -> Ensembl ID, e.g.
+        :attr:`mixgf.genes.Vocabulary.input_id_map`). When given, every name (Ensembl ID without version, or
+        symbol) is looked up upper-cased in it, as Geneformer V2's tokenizer does, and nothing else is consulted:
+        names it lacks stay unmapped.
+    aliases
+        Without ``id_map``: resolve symbols that the current symbol tables do not know through the previous /
+        alias symbols of :func:`mixgf.genes.alias_map`, where they name exactly one gene.
 
     Returns
     -------
@@ -181,12 +203,28 @@ def map_to_ensembl(
     >>> m = mgf.genes.map_to_ensembl(["Umod", "Gapdh", "ENSMUSG00000030963.3", "not-a-gene"])
     >>> m.species, m.ensembl_ids.tolist()
     ('mouse', ['ENSMUSG00000030963', 'ENSMUSG00000057666', 'ENSMUSG00000030963', None])
+
+    Previous symbols (as in 10x's hg19 annotation) resolve when they name one gene:
+
+    >>> m = mgf.genes.map_to_ensembl(["GNB2L1", "CD3E"])
+    >>> m.ensembl_ids.tolist(), m.kind.tolist()
+    (['ENSG00000204628', 'ENSG00000198851'], ['alias', 'symbol'])
+
+    Geneformer V2's rule maps retired IDs and symbols through its mapping dictionary:
+
+    >>> v2 = mgf.genes.Vocabulary.load("geneformer-v2")
+    >>> m = mgf.genes.map_to_ensembl(["ENSG00000117289", "TXNIP", "GNB2L1"], id_map=v2.input_id_map)
+    >>> m.ensembl_ids.tolist(), m.kind.tolist()  # TXNIP's hg19 ID, its symbol, RACK1's previous symbol
+    (['ENSG00000265972', 'ENSG00000265972', 'ENSG00000204628'], ['remapped', 'symbol', 'alias'])
     """
     raw = np.asarray(names, dtype=object)
     missing = pd.isna(raw) | (pd.Series(raw).astype("string").str.strip().fillna("") == "").to_numpy()
     sp = detect_species(raw[~missing], species) if (~missing).any() else (species if species != "auto" else "human")
     prefer_set = set(prefer) if prefer is not None else set()
     exact, upper = symbol_map(sp)
+    if id_map is not None:
+        return _map_with_dictionary(raw, missing, sp, id_map, prefer_set, upper)
+    alias = alias_map(sp) if aliases else {}
 
     out = np.full(len(raw), None, dtype=object)
     via_upper = np.zeros(len(raw), dtype=bool)
@@ -205,10 +243,13 @@ def map_to_ensembl(
             kind_ok = "ensembl"
         else:
             cands = exact.get(vals[i], ())
+            kind_ok = "symbol"
             if not cands:
                 cands = upper.get(vals[i].upper(), ())
                 via_upper[i] = True
-            kind_ok = "symbol"
+            if not cands:
+                cands = alias.get(vals[i].upper(), ())
+                kind_ok = "alias"
         if len(cands) == 1:
             out[i], kind[i] = cands[0], kind_ok
         elif len(cands) > 1:
@@ -220,6 +261,53 @@ def map_to_ensembl(
     # a case-insensitive match never takes a gene that another var names exactly ("PISD" next to "Pisd")
     exact_ids = set(out[~via_upper & (out != None)])  # noqa: E711
     clash = via_upper & np.array([x in exact_ids for x in out], dtype=bool)
-    out[clash] = None
-    kind[clash] = "case variant of another var"
+    is_alias = kind == "alias"
+    kind[clash & ~is_alias] = "case variant of another var"
+    # nor does an alias take a gene that another var names by its current symbol or ID (GNB2L1 next to RACK1)
+    current_ids = set(out[~is_alias & (out != None)])  # noqa: E711
+    alias_clash = is_alias & np.array([x in current_ids for x in out], dtype=bool)
+    kind[alias_clash] = "alias of another var's gene"
+    # and two vars whose aliases name one gene are left to the user (sum them with duplicates="sum" upstream of us)
+    alias_ids = pd.Series(out[is_alias & ~alias_clash], dtype=object)
+    shared = is_alias & ~alias_clash & np.isin(out, alias_ids[alias_ids.duplicated()].unique())
+    kind[shared] = "alias shared with another var"
+    out[clash | alias_clash | shared] = None
     return GeneMapping(names=raw, ensembl_ids=out, species=sp, kind=kind)
+
+
+def _map_with_dictionary(
+    raw: np.ndarray,
+    missing: np.ndarray,
+    species: str,
+    id_map: Mapping[str, str],
+    prefer: set[str],
+    upper: Mapping[str, tuple[str, ...]],
+) -> GeneMapping:
+    """Geneformer's rule: ``id_map[name.upper()]`` for every name; kinds say how each name was given."""
+    out = np.full(len(raw), None, dtype=object)
+    kind = np.full(len(raw), "unknown", dtype=object)
+    kind[missing] = "missing"
+    vals = np.char.upper(np.char.strip(np.where(missing, "", raw).astype(str)))
+    ens = is_ensembl_id(vals)
+    keys = np.where(ens, strip_version(vals), vals).astype(str)
+    for i in np.flatnonzero(~missing):
+        key = keys[i]
+        if not ens[i] and ";" in key:  # ';'-joined candidate IDs: keep the one target in `prefer`
+            hits = {id_map[c] for c in strip_version([c.strip() for c in key.split(";") if c.strip()]) if c in id_map}
+            pick = [h for h in hits if h in prefer] if len(hits) > 1 else list(hits)
+            if len(pick) == 1:
+                out[i], kind[i] = pick[0], "ensembl"
+            elif hits:
+                kind[i] = "ambiguous"
+            continue
+        gid = id_map.get(key)
+        if gid is None:
+            if ens[i]:  # a well-formed ID the dictionary does not send to any gene of the vocabulary
+                out[i], kind[i] = key, "not in mapping dictionary"
+            continue
+        out[i] = gid
+        if ens[i]:
+            kind[i] = "ensembl" if gid == key else "remapped"
+        else:
+            kind[i] = "symbol" if key in upper else "alias"
+    return GeneMapping(names=raw, ensembl_ids=out, species=species, kind=kind)

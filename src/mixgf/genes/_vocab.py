@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,6 +22,11 @@ FORMAT = "mixgf-vocab/1"
 
 Normalization = Literal["total_counts", "vocab_counts", "none"]
 NORMALIZATIONS: tuple[str, ...] = ("total_counts", "vocab_counts", "none")
+IdMapping = Literal["identity", "geneformer"]
+ID_MAPPINGS: tuple[str, ...] = ("identity", "geneformer")
+# rule fields added after vocabularies were first hashed: left out of the JSON at their defaults, so that the
+# sha256 of every vocabulary that does not use them stays what it was
+_LATER_RULES = {"id_mapping": "identity", "collapse": False}
 
 #: Preset names accepted by :meth:`~mixgf.genes.Vocabulary.load` -> file name of the bundled vocabulary.
 PRESETS: dict[str, str] = {
@@ -54,11 +59,28 @@ class TokenizerRules:
         upstream operations so that such near-ties resolve as upstream.
     target_sum
         Scale applied after division by the total (10,000 upstream).
+    id_mapping
+        How input gene names find their token. ``"identity"``: Ensembl IDs as given (versions stripped), symbols
+        through mixgf's symbol tables and, failing those, unambiguous previous / alias symbols
+        (:func:`mixgf.genes.alias_map`); Geneformer V1, Mouse-/Mix-Geneformer. ``"geneformer"``: every name,
+        upper-cased, through the vocabulary's Ensembl mapping dictionary (``Vocabulary.id_map``; retired IDs,
+        symbols and aliases -> current ID), as Geneformer V2's tokenizer does; a name it lacks is left out.
+    collapse
+        Sum the counts of different input genes that map to the same token before normalising (Geneformer V2's
+        ``collapse_gene_ids=True``). Without it, such genes are an error unless ``duplicates="sum"`` is passed to
+        :func:`mixgf.pp.rank_tokenize`.
 
     Examples
     --------
     >>> import mixgf as mgf
-    >>> rules = mgf.genes.TokenizerRules(max_len=4096, add_cls=True, add_eos=True, normalization="total_counts")
+    >>> rules = mgf.genes.TokenizerRules(
+    ...     max_len=4096,
+    ...     add_cls=True,
+    ...     add_eos=True,
+    ...     normalization="total_counts",
+    ...     id_mapping="geneformer",
+    ...     collapse=True,
+    ... )
     >>> rules.max_genes
     4094
     >>> rules == mgf.genes.GENEFORMER_V2_RULES
@@ -72,10 +94,15 @@ class TokenizerRules:
     add_eos: bool = False
     normalization: Normalization = "vocab_counts"
     target_sum: float = 10_000.0
+    id_mapping: IdMapping = "identity"
+    collapse: bool = False
 
     def __post_init__(self) -> None:
         if self.normalization not in NORMALIZATIONS:
             msg = f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}."
+            raise ValueError(msg)
+        if self.id_mapping not in ID_MAPPINGS:
+            msg = f"id_mapping must be one of {ID_MAPPINGS}, got {self.id_mapping!r}."
             raise ValueError(msg)
         if self.max_len < 1 + self.add_cls + self.add_eos:
             msg = f"max_len={self.max_len} leaves no room for a gene token."
@@ -90,8 +117,11 @@ class TokenizerRules:
 #: Rules of Geneformer V1 (up to 2,048 gene tokens, no ``<cls>`` or ``<eos>``, counts divided by the cell's total
 #: counts).
 GENEFORMER_V1_RULES = TokenizerRules(max_len=2048, normalization="total_counts")
-#: Rules of Geneformer V2 (``<cls>`` + up to 4,094 gene tokens + ``<eos>``, counts divided by the cell's total counts).
-GENEFORMER_V2_RULES = TokenizerRules(max_len=4096, add_cls=True, add_eos=True, normalization="total_counts")
+#: Rules of Geneformer V2 (input names through the Ensembl mapping dictionary, counts of genes mapping to one ID
+#: summed, ``<cls>`` + up to 4,094 gene tokens + ``<eos>``, counts divided by the cell's total counts).
+GENEFORMER_V2_RULES = TokenizerRules(
+    max_len=4096, add_cls=True, add_eos=True, normalization="total_counts", id_mapping="geneformer", collapse=True
+)
 #: Rules of Mouse-/Mix-Geneformer (up to 2,048 gene tokens, no ``<cls>`` or ``<eos>``, counts divided by the cell's
 #: counts of vocabulary genes).
 MIX_GENEFORMER_RULES = TokenizerRules(max_len=2048, normalization="vocab_counts")
@@ -121,6 +151,10 @@ class Vocabulary:
         Where each token's median came from (empty for special tokens).
     provenance
         Free-form record of the sources of the vocabulary.
+    id_map
+        The Ensembl mapping dictionary of ``rules.id_mapping="geneformer"``: the name of a packaged table
+        (``"geneformer_gc95M"``) or ``{input name: Ensembl ID}`` as read from a Geneformer
+        ``ensembl_mapping_dict*.pkl``. `None` for other rules.
 
     Examples
     --------
@@ -137,6 +171,7 @@ class Vocabulary:
     name: str = "custom"
     median_source: list[str] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    id_map: str | dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.tokens = list(self.tokens)
@@ -162,6 +197,9 @@ class Vocabulary:
             raise ValueError(msg)
         if self.rules.add_eos and "eos" not in self.specials:
             msg = "rules.add_eos needs an '<eos>' special token."
+            raise ValueError(msg)
+        if self.rules.id_mapping == "geneformer" and self.id_map is None:
+            msg = "rules.id_mapping='geneformer' needs id_map: a packaged table name or an Ensembl mapping dictionary."
             raise ValueError(msg)
         gene = self.is_gene
         med = self.medians[gene]
@@ -215,6 +253,26 @@ class Vocabulary:
             msg = f"this vocabulary has no {role!r} token; it has {sorted(self.specials)}."
             raise KeyError(msg)
         return int(self._index.get_loc(self.specials[role]))
+
+    @cached_property
+    def input_id_map(self) -> dict[str, str] | None:
+        """Upper-cased input name -> gene token under ``rules.id_mapping="geneformer"`` (`None` otherwise).
+
+        As upstream, entries whose target is not a gene of this vocabulary are dropped.
+
+        Examples
+        --------
+        >>> import mixgf as mgf
+        >>> m = mgf.genes.Vocabulary.load("geneformer-v2").input_id_map
+        >>> m["ENSG00000117289"], m["TXNIP"], m["GNB2L1"]  # TXNIP's hg19 ID, its symbol, RACK1's previous symbol
+        ('ENSG00000265972', 'ENSG00000265972', 'ENSG00000204628')
+        """
+        if self.rules.id_mapping != "geneformer" or self.id_map is None:
+            return None
+        from ._idmap import id_map_for_vocab
+
+        genes = np.asarray(self.tokens, dtype=object)[self.is_gene].tolist()
+        return id_map_for_vocab(self.id_map, genes)
 
     @cached_property
     def special_ids(self) -> np.ndarray:
@@ -278,10 +336,13 @@ class Vocabulary:
         """The JSON-serialisable form of the vocabulary."""
         sources = sorted(set(self.median_source))
         code = {s: i for i, s in enumerate(sources)}
+        rules = {k: v for k, v in asdict(self.rules).items() if k not in _LATER_RULES or v != _LATER_RULES[k]}
+        extra = {} if self.id_map is None else {"id_map": self.id_map}
         return {
+            **extra,
             "format": FORMAT,
             "name": self.name,
-            "rules": asdict(self.rules),
+            "rules": rules,
             "specials": dict(self.specials),
             "tokens": self.tokens,
             "medians": [None if not np.isfinite(m) else float(m) for m in self.medians],
@@ -305,6 +366,7 @@ class Vocabulary:
             name=d["name"],
             median_source=[sources[i] for i in d["median_source"]],
             provenance=dict(d.get("provenance", {})),
+            id_map=d.get("id_map"),
         )
 
     def to_json(self) -> str:
@@ -391,6 +453,7 @@ class Vocabulary:
         name: str,
         median_source: str,
         provenance: dict[str, Any] | None = None,
+        id_map: Mapping[str, str] | str | None = None,
     ) -> Vocabulary:
         """Build a vocabulary from Geneformer-style dictionaries, keeping Geneformer's token ids.
 
@@ -409,6 +472,9 @@ class Vocabulary:
             Where the medians come from (recorded per token).
         provenance
             Extra provenance.
+        id_map
+            Geneformer's Ensembl mapping dictionary (``ensembl_mapping_dict*.pkl``) or a packaged table name, for
+            ``rules.id_mapping="geneformer"``. Only entries that map to a gene of the vocabulary are kept.
 
         Examples
         --------
@@ -439,7 +505,92 @@ class Vocabulary:
             raise ValueError(msg)
         medians = np.array([np.nan if t in specials.values() else float(gene_medians[t]) for t in tokens])
         src = ["" if t in specials.values() else median_source for t in tokens]
-        return cls(tokens, medians, specials, rules, name, src, provenance or {})
+        if id_map is not None and not isinstance(id_map, str):
+            genes = {t for t in tokens if t not in specials.values()}
+            id_map = {str(k): str(v) for k, v in sorted(id_map.items()) if str(v) in genes}
+        return cls(tokens, medians, specials, rules, name, src, provenance or {}, id_map)
+
+
+_FOLDER_FILES = {
+    "token_dictionary": "token_dictionary*.pkl",
+    "gene_median_dictionary": "gene_median_dictionary*.pkl",
+    "ensembl_mapping_dict": "ensembl_mapping_dict*.pkl",
+}
+
+
+def vocabulary_from_geneformer_folder(folder: str | Path, *, name: str | None = None) -> Vocabulary:
+    """Build the vocabulary of a checkpoint folder that brings its own Geneformer dictionaries.
+
+    The folder must hold exactly one ``token_dictionary*.pkl`` and one ``gene_median_dictionary*.pkl``, and, when
+    the token dictionary has ``<cls>`` and ``<eos>`` (a V2-style model), one ``ensembl_mapping_dict*.pkl``. All
+    are read with :func:`mixgf.genes.read_geneformer_pickle` (no code runs). The rules are inferred: special tokens
+    present -> :data:`GENEFORMER_V2_RULES` with the folder's mapping dictionary; otherwise mouse tokens present
+    (Mouse-/Mix-Geneformer) -> :data:`MIX_GENEFORMER_RULES`, else :data:`GENEFORMER_V1_RULES`. A mapping dictionary
+    that is not the identity on the vocabulary's genes is used (with collapsing) in every case.
+
+    Parameters
+    ----------
+    folder
+        The checkpoint folder.
+    name
+        Name of the vocabulary; defaults to the folder name.
+
+    Returns
+    -------
+    mixgf.genes.Vocabulary
+        The vocabulary; its provenance names the files read.
+
+    Raises
+    ------
+    FileNotFoundError
+        A required dictionary is missing; the message lists what is missing and which ``.pkl`` files are there.
+    ValueError
+        Several files match one dictionary, or a dictionary is not a plain Geneformer pickle.
+    """
+    from ._pickle import read_geneformer_pickle
+
+    folder = Path(folder)
+    found: dict[str, Path | None] = {}
+    for role, pattern in _FOLDER_FILES.items():
+        hits = sorted(folder.glob(pattern))
+        if len(hits) > 1:
+            msg = f"{folder} holds several {pattern} files ({[h.name for h in hits]}): keep the one the model uses."
+            raise ValueError(msg)
+        found[role] = hits[0] if hits else None
+    tok = read_geneformer_pickle(found["token_dictionary"]) if found["token_dictionary"] else None
+    v2_style = tok is not None and "<cls>" in tok and "<eos>" in tok
+    required = ["token_dictionary", "gene_median_dictionary"] + (["ensembl_mapping_dict"] if v2_style else [])
+    missing = [_FOLDER_FILES[r] for r in required if found[r] is None]
+    if missing:
+        there = sorted(p.name for p in folder.glob("*.pkl"))
+        why = " (its token dictionary has <cls>/<eos>: a V2-style model)" if v2_style else ""
+        msg = (
+            f"{folder} lacks the Geneformer dictionaries {missing}{why}; .pkl files there: {there or 'none'}. Copy the "
+            "model's dictionaries into the folder, or pass vocab='geneformer-v1' / 'geneformer-v2' / a vocabulary."
+        )
+        raise FileNotFoundError(msg)
+    assert tok is not None
+    med = read_geneformer_pickle(found["gene_median_dictionary"])
+    mapping = read_geneformer_pickle(found["ensembl_mapping_dict"]) if found["ensembl_mapping_dict"] else None
+    genes = {t for t in tok if not (t.startswith("<") and t.endswith(">"))}
+    if v2_style:
+        rules = GENEFORMER_V2_RULES
+    else:
+        mouse = any(species_of_id(g) == "mouse" for g in genes)
+        rules = MIX_GENEFORMER_RULES if mouse else GENEFORMER_V1_RULES
+        identity = mapping is None or all(str(v) == str(k).upper() for k, v in mapping.items() if str(v) in genes)
+        if not identity:
+            rules = replace(rules, id_mapping="geneformer", collapse=True)
+    files = {r: p.name for r, p in found.items() if p is not None}
+    return Vocabulary.from_geneformer(
+        tok,
+        med,
+        rules=rules,
+        name=name or folder.name,
+        median_source=files["gene_median_dictionary"],
+        provenance={"source": f"Geneformer dictionaries of checkpoint folder {folder}", "files": files},
+        id_map=mapping if rules.id_mapping == "geneformer" else None,
+    )
 
 
 def _load_preset(name: str) -> Vocabulary:

@@ -32,12 +32,11 @@ _TOP_UNMAPPED = 20
 
 @dataclass
 class _GenePlan:
-    """How the data's columns feed the tokenizer: token per column, optional summing of duplicate columns."""
+    """How the data's columns feed the tokenizer: token per column, optional summing of columns sharing a token."""
 
     mapping: GeneMapping
     col2tok: np.ndarray  # token per data column, -1 outside the vocabulary
-    sum_matrix: sp.csr_matrix | None  # columns -> aggregated columns when duplicates are summed
-    agg_col2tok: np.ndarray | None
+    merged_tokens: np.ndarray | None = None  # tokens that several columns are summed into (the kernel collapses)
 
 
 def _plan_genes(
@@ -64,7 +63,7 @@ def _plan_genes(
             raise KeyError(msg)
         names = pd.Index(np.asarray(adata.var[gene_id_key]).astype(object))  # pandas or lazy (xarray) column
     gene_tokens = np.asarray(vocab.tokens, dtype=object)[vocab.is_gene]
-    mapping = map_to_ensembl(names.to_numpy(dtype=object), species, prefer=gene_tokens)
+    mapping = map_to_ensembl(names.to_numpy(dtype=object), species, prefer=gene_tokens, id_map=vocab.input_id_map)
     if mapping.species not in vocab.species:
         msg = (
             f"The data are {mapping.species} genes, but vocabulary {vocab.name!r} holds only "
@@ -74,7 +73,7 @@ def _plan_genes(
         raise ValueError(msg)
     ids = np.array([x if x is not None else "" for x in mapping.ensembl_ids], dtype=object)
     col2tok = vocab.token_ids(ids)
-    col2tok[~vocab.is_gene[np.maximum(col2tok, 0)] | (ids == "")] = -1
+    col2tok[~vocab.is_gene[np.maximum(col2tok, 0)] | (ids == "") | (mapping.kind == "not in mapping dictionary")] = -1
     if not (col2tok >= 0).any():
         msg = (
             f"None of the {adata.n_vars:,} genes is in vocabulary {vocab.name!r} ({mapping.species}; "
@@ -85,8 +84,19 @@ def _plan_genes(
     in_vocab = col2tok[col2tok >= 0]
     dup_tok = np.unique(in_vocab[pd.Series(in_vocab).duplicated().to_numpy()])
     if len(dup_tok) == 0:
-        return _GenePlan(mapping, col2tok.astype(np.int64), None, None)
-    if duplicates != "sum":
+        return _GenePlan(mapping, col2tok.astype(np.int64))
+    if vocab.rules.collapse and duplicates != "sum":
+        # the rules merge different input genes that map to one ID; the same name twice is still an input error
+        same = pd.Series(names[col2tok >= 0]).duplicated(keep=False).to_numpy()
+        if same.any():
+            twice = pd.unique(names[col2tok >= 0][same])[:10].tolist()
+            msg = (
+                f"{int(same.sum())} vars share a gene name with another var ({twice}): the same gene appears twice "
+                "in the input. Pass duplicates='sum' to add their counts, or remove the extra vars. (Different "
+                f"names that vocabulary {vocab.name!r} maps to one gene are merged by its rules.)"
+            )
+            raise ValueError(msg)
+    elif duplicates != "sum":
         groups = [names[col2tok == t].tolist() for t in dup_tok[:10]]
         msg = (
             f"{len(dup_tok)} genes appear in more than one var after mapping to Ensembl IDs, e.g. "
@@ -94,18 +104,7 @@ def _plan_genes(
             "their counts, or remove the extra vars."
         )
         raise ValueError(msg)
-    # columns -> one column per in-vocabulary token (summed) + every out-of-vocabulary column unchanged
-    uniq = np.unique(in_vocab)
-    out_cols = np.flatnonzero(col2tok < 0)
-    target = np.empty(adata.n_vars, dtype=np.int64)
-    mapped = col2tok >= 0
-    target[mapped] = np.searchsorted(uniq, col2tok[mapped])
-    target[out_cols] = len(uniq) + np.arange(len(out_cols))
-    m = sp.csr_matrix(
-        (np.ones(adata.n_vars), (np.arange(adata.n_vars), target)), shape=(adata.n_vars, len(uniq) + len(out_cols))
-    )
-    agg = np.concatenate([uniq, np.full(len(out_cols), -1, dtype=np.int64)])
-    return _GenePlan(mapping, col2tok.astype(np.int64), m, agg)
+    return _GenePlan(mapping, col2tok.astype(np.int64), dup_tok)
 
 
 def _add_special(out: np.ndarray, n_genes: np.ndarray, cls_id: int | None, eos_id: int | None) -> None:
@@ -169,6 +168,16 @@ def rank_tokenize(
     ``max_len`` tokens including the special tokens the rules add. **Ties** (equal float64 ``x``) are broken by
     ascending token id, so the result is deterministic.
 
+    **How genes find their token** is part of the vocabulary's rules (:attr:`mixgf.genes.TokenizerRules.id_mapping`).
+    ``"geneformer-v2"`` does what Geneformer V2's tokenizer does: every name (Ensembl ID or symbol, upper-cased) goes
+    through Geneformer's Ensembl mapping dictionary to the current Ensembl ID (a retired ID such as TXNIP's hg19
+    ``ENSG00000117289`` becomes ``ENSG00000265972``), and the counts of all input genes that land on one ID are
+    summed before the totals, the normalisation and the ranking. The other presets take Ensembl IDs as given; for
+    every vocabulary, symbols that mixgf's current symbol tables do not know are resolved through previous and
+    alias symbols (``GNB2L1`` -> RACK1) where those name exactly one gene. Each remapped and merged gene is listed in
+    the coverage report. A V2 cell without any vocabulary gene becomes ``<cls>``, ``<eos>`` and is flagged (upstream
+    fails on such a cell). See :doc:`/geneformer` for checking a tokenization against Geneformer's own code.
+
     Cells are read in chunks of ``chunk_size`` cells, so dense, sparse (CSR/CSC), backed (``backed="r"``) and
     dask-backed matrices all work and give identical tokens: in particular AnnData read with
     :func:`anndata.experimental.read_lazy` (dask ``X``, lazy ``obs``/``var``), whose dask row chunks are computed
@@ -198,7 +207,9 @@ def rank_tokenize(
         ``"raw"`` requires non-negative integers; ``"normalized"`` accepts non-integer values with a warning
         (ranks then reflect that normalization, unlike what the model was trained on).
     duplicates
-        What to do when several vars map to one Ensembl gene: ``"error"`` or ``"sum"`` their counts.
+        What to do when several vars map to one Ensembl gene: ``"error"`` or ``"sum"`` their counts. Vocabularies
+        whose rules collapse genes (``"geneformer-v2"``) sum different names that map to one gene anyway; the same
+        name given twice still needs ``"sum"``.
     chunk_size
         Cells per chunk; `None` uses :attr:`mixgf.settings.chunk_size`.
     key_added
@@ -227,10 +238,12 @@ def rank_tokenize(
     ``adata.obs[key_added + "_empty"]`` : bool
         Cells without a single vocabulary gene expressed; they are kept, with no gene token.
     ``adata.uns[key_added]["params"]`` : dict
-        Vocabulary name and sha256, rules, ``max_len``, species, layer, genes mapped / in the vocabulary / total,
-        empty cells, mixgf version.
+        Vocabulary name and sha256, rules (including ``id_mapping`` and ``collapse``), ``max_len``, species, layer,
+        genes mapped / remapped / merged / in the vocabulary / total, empty cells, mixgf version.
     ``adata.uns[key_added]["coverage"]`` : dict
-        Coverage report: genes and counts covered by the vocabulary, why the others are not, top unmapped genes.
+        Coverage report: genes and counts covered by the vocabulary, why the others are not, top unmapped genes,
+        every remapped gene (``remapped_genes`` -> ``remapped_to``, with ``remapped_kinds``) and every group of
+        genes summed into one token (``merged_groups``).
     ``adata.uns[key_added]["store"]`` : str
         With ``store``: the absolute path of the token store, whose manifest holds the same ``params`` and
         ``coverage``.
@@ -305,7 +318,7 @@ def rank_tokenize(
     cell_vocab = np.zeros(n_obs, dtype=np.float64)
     in_vocab_col = (plan.col2tok >= 0).astype(np.float64)
     n_nonint = 0
-    col2tok = plan.agg_col2tok if plan.sum_matrix is not None else plan.col2tok
+    col2tok = plan.col2tok
 
     from tqdm.auto import tqdm
 
@@ -318,8 +331,6 @@ def rank_tokenize(
             gene_totals += np.bincount(block.indices, weights=block.data, minlength=adata.n_vars)
             cell_total[start:end] = np.asarray(block.sum(axis=1)).ravel()
             cell_vocab[start:end] = block @ in_vocab_col
-            if plan.sum_matrix is not None:
-                block = sp.csr_matrix(block @ plan.sum_matrix)
             out = full[start:end] if full is not None else np.full((end - start, max_len), pad, vocab.dtype)
             n_blk = tokenize_csr(
                 block.indptr,
@@ -332,6 +343,7 @@ def rank_tokenize(
                 max_genes=max_genes,
                 out=out,
                 start_col=int(rules.add_cls),
+                collapse=plan.merged_tokens is not None,
             )
             n_genes[start:end] = n_blk
             if full is None:
@@ -358,6 +370,10 @@ def rank_tokenize(
             "n_genes_total": int(adata.n_vars),
             "n_genes_mapped": plan.mapping.n_mapped,
             "n_genes_in_vocab": int((plan.col2tok >= 0).sum()),
+            "id_mapping": rules.id_mapping,
+            "collapse": rules.collapse,
+            "n_genes_remapped": coverage["n_genes_remapped"],
+            "n_genes_merged": coverage["n_genes_merged"],
             "n_cells_empty": int(empty.sum()),
             "tie_break": "token id ascending",
             "mixgf_version": __version__,
@@ -417,9 +433,12 @@ def rank_tokenize(
 def _coverage(adata, plan, gene_totals, cell_total, cell_vocab, vocab) -> dict:
     m = plan.mapping
     in_vocab = plan.col2tok >= 0
-    reason = np.where(in_vocab, "in vocabulary", np.where(m.kind == "ensembl", "not in vocabulary", ""))
+    given_id = np.isin(m.kind, ["ensembl", "not in mapping dictionary"])
+    reason = np.where(in_vocab, "in vocabulary", np.where(given_id, "not in vocabulary", ""))
     reason = np.where(
-        (reason == "") & (m.kind == "symbol"), "not in vocabulary", np.where(reason == "", "no Ensembl ID", reason)
+        (reason == "") & np.isin(m.kind, ["symbol", "alias", "remapped"]),
+        "not in vocabulary",
+        np.where(reason == "", "no Ensembl ID", reason),
     )
     reason = np.where(m.kind == "ambiguous", "ambiguous symbol", reason)
     total = float(gene_totals.sum())
@@ -427,7 +446,15 @@ def _coverage(adata, plan, gene_totals, cell_total, cell_vocab, vocab) -> dict:
     top = out_idx[np.argsort(-gene_totals[out_idx], kind="stable")[:_TOP_UNMAPPED]]
     with np.errstate(invalid="ignore", divide="ignore"):
         frac_cell = np.where(cell_total > 0, cell_vocab / cell_total, np.nan)
+    alias_kinds = ["alias of another var's gene", "alias shared with another var"]
+    reason = np.where(np.isin(m.kind, alias_kinds), m.kind.astype(str), reason)
     counts_by_reason = pd.Series(gene_totals).groupby(reason).sum()
+    names = np.asarray(m.names, dtype=object).astype(str)
+    remapped = np.flatnonzero(in_vocab & np.isin(m.kind, ["remapped", "alias"]))
+    remapped = remapped[np.argsort(-gene_totals[remapped], kind="stable")]
+    merged_tok = plan.merged_tokens if plan.merged_tokens is not None else np.zeros(0, dtype=np.int64)
+    groups = [np.flatnonzero(plan.col2tok == t) for t in merged_tok]
+    groups.sort(key=lambda g: -float(gene_totals[g].sum()))
     return {
         "species": m.species,
         "vocab": vocab.name,
@@ -443,6 +470,15 @@ def _coverage(adata, plan, gene_totals, cell_total, cell_vocab, vocab) -> dict:
         "top_unmapped_genes": [str(x) for x in adata.var_names[top]],
         "top_unmapped_counts": [float(x) for x in gene_totals[top]],
         "top_unmapped_reasons": [str(x) for x in reason[top]],
+        "n_genes_remapped": len(remapped),
+        "remapped_genes": [str(x) for x in names[remapped]],
+        "remapped_to": [str(x) for x in m.ensembl_ids[remapped]],
+        "remapped_kinds": [
+            "retired Ensembl ID" if k == "remapped" else "previous/alias symbol" for k in m.kind[remapped]
+        ],
+        "n_genes_merged": int(sum(len(g) for g in groups)),
+        "n_tokens_merged": len(groups),
+        "merged_groups": [" + ".join(names[g]) + f" -> {vocab.tokens[t]}" for g, t in zip(groups, merged_tok)],
     }
 
 
@@ -470,6 +506,16 @@ def format_coverage(cov: dict) -> str:
             )
         )
         lines.append(f"    top left-out genes by counts: {top}")
+    if cov.get("n_genes_remapped"):
+        pairs = zip(list(cov["remapped_genes"])[:10], list(cov["remapped_to"])[:10], list(cov["remapped_kinds"])[:10])
+        ex = ", ".join(f"{g} -> {t} ({k})" for g, t, k in pairs)
+        lines.append(f"    remapped genes: {int(cov['n_genes_remapped']):,}, e.g. {ex}")
+    if cov.get("n_genes_merged"):
+        ex = "; ".join(list(cov["merged_groups"])[:5])
+        lines.append(
+            f"    merged genes: {int(cov['n_genes_merged']):,} vars summed into {int(cov['n_tokens_merged']):,} tokens, "
+            f"e.g. {ex}"
+        )
     return "\n".join(lines)
 
 

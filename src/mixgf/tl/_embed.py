@@ -39,7 +39,7 @@ def embed(
     model: MixGeneformer | str | Path | None = None,
     tokens_key: str = TOKENS_KEY,
     layer: int = DEFAULT_LAYER,
-    pooling: Literal["mean", "cls"] = "mean",
+    pooling: Literal["mean", "cls"] | None = None,
     device: str | None = None,
     dtype: str | None = None,
     token_budget: int | None = None,
@@ -74,8 +74,10 @@ def embed(
         Hidden state to pool: ``0`` = token embeddings, ``i`` = output of block ``i``, ``-1`` = last block,
         ``-2`` = second-to-last block (default; Geneformer's ``emb_layer=-1``). Later blocks are not computed.
     pooling
-        ``"mean"`` over gene tokens (padding and special tokens excluded) or ``"cls"`` (the ``<cls>`` position;
-        only for vocabularies whose rules put ``<cls>`` first).
+        ``"mean"`` over gene tokens (padding and special tokens excluded; Geneformer's ``emb_mode="cell"``) or
+        ``"cls"`` (the ``<cls>`` position; ``emb_mode="cls"``; only for vocabularies whose rules put ``<cls>``
+        first). `None` (default) follows upstream: ``"cls"`` for vocabularies with ``<cls>`` (Geneformer V2),
+        ``"mean"`` otherwise (Geneformer V1, Mouse-/Mix-Geneformer).
     {doc_device}
     dtype
         Compute dtype; `None` = bf16 on CUDA, fp32 on CPU.
@@ -115,6 +117,8 @@ def embed(
     mdl = resolve_model(model)
     rank, world = rank_world() if use_distributed(distributed) else (0, 1)
     dev = rank_device(device)
+    if pooling is None:
+        pooling = "cls" if mdl.vocab.rules.add_cls else "mean"
     if pooling == "cls" and not mdl.vocab.rules.add_cls:
         msg = f"pooling='cls' needs tokens that start with <cls>; the rules of vocabulary {mdl.vocab.name!r} add none."
         raise ValueError(msg)

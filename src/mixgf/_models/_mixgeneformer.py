@@ -203,7 +203,7 @@ class MixGeneformer:
         ('tiny-bert', 2, 'relu')
         """
         from ..genes import Vocabulary
-        from ..module._checkpoint import import_hf_bert
+        from ..module._hf import import_hf_bert
 
         encoder, _ = import_hf_bert(path, device=device)
         path = Path(path)

@@ -52,8 +52,6 @@ from ..module._checkpoint import (
     LoadedModel,
     check_state_dict,
     expected_state_shapes,
-    hf_to_mixgf_state_dict,
-    import_hf_bert,
     load_model_dir,
     save_model_dir,
     verify_model_dir,
@@ -61,14 +59,14 @@ from ..module._checkpoint import (
 from ..module._config import SUPPORTED_ACTIVATIONS, EncoderConfig
 from ..module._encoder import (
     BertEncoderModel,
-    EncoderLayer,
-    MLMHead,
     describe,
     packed_position_ids,
     resolve_layer,
     varlen_available,
 )
 from ..module._heads import ClassifierHead
+from ..module._hf import hf_to_mixgf_state_dict, import_hf_bert
+from ..module._layers import EncoderLayer, MLMHead
 from ..module._losses import info_nce, mask_tokens
 from ..module._pooling import gene_token_mask, pool_packed, pool_padded
 

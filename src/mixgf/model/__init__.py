@@ -25,6 +25,7 @@ Main entry points
 
 from __future__ import annotations
 
+from ..engine._batching import make_batches
 from ..engine._device import rank_device, resolve_device, resolve_dtype
 from ..engine._distributed import (
     all_gather_rows,
@@ -35,7 +36,7 @@ from ..engine._distributed import (
     use_distributed,
 )
 from ..engine._gene_states import token_state_means
-from ..engine._inference import DEFAULT_TOKEN_BUDGET_CPU, DEFAULT_TOKEN_BUDGET_CUDA, embed_tokens, make_batches
+from ..engine._inference import DEFAULT_TOKEN_BUDGET_CPU, DEFAULT_TOKEN_BUDGET_CUDA, embed_tokens
 from ..engine.perturb._copies import PERTURB_MODES, PerturbationResult, perturb_cell, perturbation_shifts
 from ..engine.train._classifier import FinetuneConfig, finetune_classifier, fit_temperature, predict_logits
 from ..engine.train._pretrain import (

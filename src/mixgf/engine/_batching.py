@@ -86,7 +86,7 @@ def make_batches(
     >>> [b.tolist() for b in make_batches([5, 3, 8, 2], token_budget=10, packed=True, max_cells=2)]
     [[2], [0, 1], [3]]
     >>> [b.tolist() for b in make_batches([5, 3, 8, 2], token_budget=10, packed=True, sort=False)]
-    [[0, 1], [2], [3]]
+    [[0, 1], [2, 3]]
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     _check_budget(token_budget, max_cells)

@@ -80,7 +80,7 @@ def kernel_rates() -> dict:
     import torch
     import torch.nn.functional as F
 
-    from mixgf.module._encoder import _onednn_linear_available
+    from mixgf.module._attention import _onednn_linear_available
 
     gen = torch.Generator().manual_seed(0)
     onednn = _onednn_linear_available()

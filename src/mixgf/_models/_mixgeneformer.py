@@ -215,7 +215,7 @@ class MixGeneformer:
         """
         from ..genes import Vocabulary
         from ..genes._vocab import vocabulary_from_geneformer_folder
-        from ..module._checkpoint import import_hf_bert
+        from ..module._hf import import_hf_bert
 
         vocab = vocabulary_from_geneformer_folder(path, name=name) if vocab is None else vocab
         encoder, _ = import_hf_bert(path, device=device)

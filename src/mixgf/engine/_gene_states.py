@@ -8,8 +8,10 @@ import numpy as np
 import torch
 
 from ..module._encoder import resolve_layer
-from ._device import resolve_device
-from ._inference import DEFAULT_TOKEN_BUDGET_CPU, DEFAULT_TOKEN_BUDGET_CUDA, make_batches
+from ._batching import run_batches
+from ._device import resolve_device, resolve_dtype
+from ._forward import encode, eval_mode, token_batch
+from ._inference import DEFAULT_TOKEN_BUDGET_CPU, DEFAULT_TOKEN_BUDGET_CUDA
 
 if TYPE_CHECKING:
     from ..module._encoder import BertEncoderModel
@@ -23,6 +25,8 @@ def token_state_means(
     layer: int = -2,
     device: str | torch.device | None = "cpu",
     token_budget: int | None = None,
+    dtype: str | torch.dtype | None = "float32",
+    progress: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean hidden state of every token id over all its occurrences.
 
@@ -39,7 +43,11 @@ def token_state_means(
     device
         Torch device.
     token_budget
-        Padded tokens per batch.
+        Padded tokens per batch; halved (and the failing batch retried) whenever the device runs out of memory.
+    dtype
+        Compute dtype (autocast; as in :func:`mixgf.model.embed_tokens`, but float32 unless asked).
+    progress
+        Show a tqdm progress bar; `None` follows :attr:`mixgf.settings.progress_bar`.
 
     Returns
     -------
@@ -65,29 +73,29 @@ def token_state_means(
     (5, True)
     """
     dev = resolve_device(device)
+    compute_dtype = resolve_dtype(dtype, dev)
     resolve_layer(layer, model.num_layers)
     lengths = np.asarray(lengths, dtype=np.int64)
     budget = token_budget or (DEFAULT_TOKEN_BUDGET_CUDA if dev.type == "cuda" else DEFAULT_TOKEN_BUDGET_CPU)
-    v, h = model.config.vocab_size, model.config.hidden_size
-    sums = torch.zeros(v, h, dtype=torch.float64, device=dev)
-    counts = torch.zeros(v, dtype=torch.float64, device=dev)
+    config = model.config
+    sums = torch.zeros(config.vocab_size, config.hidden_size, dtype=torch.float64, device=dev)
+    counts = torch.zeros(config.vocab_size, dtype=torch.float64, device=dev)
     keep = np.flatnonzero(lengths > 0)
-    was_training = model.training
-    model.to(dev).eval()
-    try:
-        with torch.inference_mode():
-            for b in make_batches(lengths[keep], budget):
-                idx = keep[b]
-                L = int(lengths[idx].max())
-                ids = torch.from_numpy(np.asarray(tokens[idx, :L]).astype(np.int64)).to(dev)
-                mask = torch.arange(L, device=dev)[None, :] < torch.from_numpy(lengths[idx]).to(dev)[:, None]
-                ids = ids.masked_fill(~mask, model.config.pad_token_id)
-                hidden = model(ids, mask, layer).to(torch.float64)
-                flat_ids = ids[mask]
-                sums.index_add_(0, flat_ids, hidden[mask])
-                counts.index_add_(0, flat_ids, torch.ones_like(flat_ids, dtype=torch.float64))
-    finally:
-        model.train(was_training)
+
+    def compute(b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = token_batch(
+            tokens, lengths, keep[b], packed=False, device=dev, pad_token_id=config.pad_token_id,
+            vocab_size=config.vocab_size,
+        )  # fmt: skip
+        hidden = encode(model, batch, layer=layer, dtype=compute_dtype)
+        return batch.ids[batch.mask], hidden[batch.mask].to(torch.float64)
+
+    with eval_mode(model, device=dev):
+        for _, (flat_ids, states) in run_batches(
+            lengths[keep], budget, compute, device=dev, progress=progress, desc="gene states"
+        ):
+            sums.index_add_(0, flat_ids, states)
+            counts.index_add_(0, flat_ids, torch.ones_like(flat_ids, dtype=torch.float64))
     means = (sums / counts.clamp(min=1)[:, None]).to(torch.float32).cpu().numpy()
     counts_np = counts.cpu().numpy().astype(np.int64)
     means[counts_np == 0] = np.nan

@@ -25,6 +25,7 @@ Main entry points
 
 from __future__ import annotations
 
+from ..engine._batching import make_batches
 from ..engine._device import rank_device, resolve_device, resolve_dtype
 from ..engine._distributed import (
     all_gather_rows,
@@ -35,7 +36,7 @@ from ..engine._distributed import (
     use_distributed,
 )
 from ..engine._gene_states import token_state_means
-from ..engine._inference import DEFAULT_TOKEN_BUDGET_CPU, DEFAULT_TOKEN_BUDGET_CUDA, embed_tokens, make_batches
+from ..engine._inference import DEFAULT_TOKEN_BUDGET_CPU, DEFAULT_TOKEN_BUDGET_CUDA, embed_tokens
 from ..engine.perturb._copies import PERTURB_MODES, PerturbationResult, perturb_cell, perturbation_shifts
 from ..engine.train._classifier import FinetuneConfig, finetune_classifier, fit_temperature, predict_logits
 from ..engine.train._pretrain import (
@@ -52,8 +53,6 @@ from ..module._checkpoint import (
     LoadedModel,
     check_state_dict,
     expected_state_shapes,
-    hf_to_mixgf_state_dict,
-    import_hf_bert,
     load_model_dir,
     save_model_dir,
     verify_model_dir,
@@ -61,14 +60,14 @@ from ..module._checkpoint import (
 from ..module._config import SUPPORTED_ACTIVATIONS, EncoderConfig
 from ..module._encoder import (
     BertEncoderModel,
-    EncoderLayer,
-    MLMHead,
     describe,
     packed_position_ids,
     resolve_layer,
     varlen_available,
 )
 from ..module._heads import ClassifierHead
+from ..module._hf import hf_to_mixgf_state_dict, import_hf_bert
+from ..module._layers import EncoderLayer, MLMHead
 from ..module._losses import info_nce, mask_tokens
 from ..module._pooling import gene_token_mask, pool_packed, pool_padded
 

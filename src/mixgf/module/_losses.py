@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["info_nce", "mask_tokens", "segment_mean"]
+__all__ = ["info_nce", "mask_tokens"]
 
 
 def mask_tokens(
@@ -108,16 +108,3 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     logits = a @ b.T / temperature
     target = torch.arange(a.shape[0], device=a.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-
-
-def segment_mean(hidden: torch.Tensor, segments: torch.Tensor, weight: torch.Tensor, n: int) -> torch.Tensor:
-    """Per-sequence mean of packed hidden states, in fp32; differentiable.
-
-    ``hidden`` is ``[T, H]``, ``segments`` ``[T]`` the sequence index of each token, ``weight`` ``[T]`` marks the
-    tokens to average, ``n`` the number of sequences.
-    """
-    w = weight.to(torch.float32)
-    sums = torch.zeros(n, hidden.shape[-1], dtype=torch.float32, device=hidden.device)
-    sums = sums.index_add(0, segments, hidden.to(torch.float32) * w[:, None])
-    counts = torch.zeros(n, dtype=torch.float32, device=hidden.device).index_add(0, segments, w)
-    return sums / counts.clamp(min=1.0)[:, None]

@@ -14,8 +14,9 @@ from torch import nn
 
 from ...module._encoder import BertEncoderModel, resolve_layer
 from ...module._heads import ClassifierHead
-from ...module._losses import segment_mean
-from .._device import resolve_device
+from .._batching import Progress, make_batches, run_batches
+from .._device import resolve_device, resolve_dtype
+from .._forward import encode_pooled, eval_mode, token_batch
 
 logger = logging.getLogger("mixgf")
 
@@ -79,26 +80,16 @@ class FinetuneConfig:
         return asdict(self)
 
 
-def _batches(lengths: np.ndarray, budget: int, max_cells: int, order: np.ndarray) -> list[np.ndarray]:
-    out, i = [], 0
-    while i < len(order):
-        cum = np.cumsum(lengths[order[i : i + max_cells]])
-        n = max(1, int(np.searchsorted(cum, budget, side="right")))
-        out.append(order[i : i + n])
-        i += n
-    return out
+def _pooled(model, tokens, lengths, idx, special_ids, layer, device, dtype=torch.float32) -> torch.Tensor:
+    """Mean-pooled hidden states ``layer`` of cells ``idx`` (packed; differentiable in training)."""
+    batch = token_batch(tokens, lengths, idx, packed=True, device=device, pad_token_id=model.config.pad_token_id)
+    return encode_pooled(model, batch, layer=layer, special_ids=special_ids, dtype=dtype)
 
 
-def _pooled(model, tokens, lengths, idx, special, layer, device) -> torch.Tensor:
-    rows = [np.asarray(tokens[i, : lengths[i]], dtype=np.int64) for i in idx]
-    lens = np.array([len(r) for r in rows])
-    cu = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum(lens, out=cu[1:])
-    ids = torch.from_numpy(np.concatenate(rows)).to(device)
-    pos = torch.from_numpy(np.concatenate([np.arange(n) for n in lens])).to(device)
-    seg = torch.from_numpy(np.repeat(np.arange(len(rows)), lens)).to(device)
-    h = model.forward_packed(ids, torch.from_numpy(cu).to(device), int(lens.max()), pos, output_layer=layer)
-    return segment_mean(h, seg, ~torch.isin(ids, special), len(rows))
+def _train_batches(lengths: np.ndarray, cfg: FinetuneConfig, order: np.ndarray) -> list[np.ndarray]:
+    """Training batches: consecutive runs of ``order`` (packed token budget, at most ``max_cells`` cells)."""
+    runs = make_batches(lengths[order], cfg.token_budget, packed=True, max_cells=cfg.max_cells, sort=False)
+    return [order[b] for b in runs]
 
 
 def predict_logits(
@@ -112,6 +103,8 @@ def predict_logits(
     device: str | torch.device | None = "cpu",
     token_budget: int = 16_384,
     max_cells: int = 64,
+    dtype: str | torch.dtype | None = "float32",
+    progress: bool | None = None,
 ) -> np.ndarray:
     """Logits ``[N, n_classes]`` (float32) of every cell, in input order.
 
@@ -130,7 +123,12 @@ def predict_logits(
     device
         Torch device.
     token_budget, max_cells
-        Tokens and cells per batch.
+        Tokens and cells per batch; the token budget is halved (and the failing batch retried) whenever the device
+        runs out of memory.
+    dtype
+        Compute dtype of the encoder (autocast; as in :func:`mixgf.model.embed_tokens`, but float32 unless asked).
+    progress
+        Show a tqdm progress bar; `None` follows :attr:`mixgf.settings.progress_bar`.
 
     Returns
     -------
@@ -150,15 +148,20 @@ def predict_logits(
     (20, 3)
     """
     dev = resolve_device(device)
-    model.to(dev).eval()
-    head.to(dev).eval()
-    special = torch.as_tensor(np.asarray(special_ids, dtype=np.int64), device=dev)
+    compute_dtype = resolve_dtype(dtype, dev)
+    special = [int(i) for i in np.asarray(special_ids).ravel()]
     lengths = np.asarray(lengths, dtype=np.int64)
     out = np.zeros((len(lengths), head.linear.out_features), dtype=np.float32)
-    order = np.argsort(-lengths, kind="stable")
-    with torch.inference_mode():
-        for idx in _batches(lengths, token_budget, max_cells, order):
-            out[idx] = head(_pooled(model, tokens, lengths, idx, special, layer, dev)).float().cpu().numpy()
+
+    def compute(idx: np.ndarray) -> np.ndarray:
+        return head(_pooled(model, tokens, lengths, idx, special, layer, dev, compute_dtype)).float().cpu().numpy()
+
+    with eval_mode(model, head, device=dev):
+        for idx, logits in run_batches(
+            lengths, token_budget, compute, device=dev, packed=True, max_cells=max_cells, progress=progress,
+            desc="predicting",
+        ):  # fmt: skip
+            out[idx] = logits
     return out
 
 
@@ -305,7 +308,8 @@ def finetune_classifier(
     device
         Torch device.
     progress
-        Show progress.
+        Show a tqdm progress bar over the fine-tuning steps (in cells). Training runs without out-of-memory
+        back-off: a step's batch is part of the seeded schedule, so a batch that does not fit raises.
 
     Returns
     -------
@@ -387,14 +391,15 @@ def finetune_classifier(
     else:
         w = np.ones(n_classes)
     loss_fn = nn.CrossEntropyLoss(weight=torch.as_tensor(w, dtype=torch.float32, device=dev))
-    special = torch.as_tensor(np.asarray(special_ids, dtype=np.int64), device=dev)
+    special = [int(i) for i in np.asarray(special_ids).ravel()]
     rng = np.random.default_rng(cfg.seed)
-    n_steps = cfg.epochs * len(_batches(lengths, cfg.token_budget, cfg.max_cells, np.asarray(train_idx)))
+    train_idx = np.asarray(train_idx)
+    n_steps = cfg.epochs * len(_train_batches(lengths, cfg, train_idx))
     warm = max(int(cfg.warmup_fraction * n_steps), 1)
     base = [g["lr"] for g in opt.param_groups]
     val0 = predict_logits(
         enc, head, tokens[val_idx], lengths[val_idx], special_ids=special_ids, layer=layer, device=dev,
-        token_budget=cfg.token_budget,
+        token_budget=cfg.token_budget, progress=False,
     )  # fmt: skip
     yv0 = labels[val_idx]
     val_loss0 = float(loss_fn(torch.as_tensor(val0, device=dev), torch.as_tensor(yv0, device=dev)))
@@ -407,6 +412,7 @@ def finetune_classifier(
     best = (val_loss0, copy.deepcopy(enc.state_dict()), copy.deepcopy(head.state_dict()))
     bad, step = 0, 0
     y_all = torch.as_tensor(labels, device=dev)
+    bar = Progress(cfg.epochs * len(train_idx), progress, "fine-tuning")
     for epoch in range(cfg.epochs):
         enc.train()
         head.train()
@@ -414,7 +420,7 @@ def finetune_classifier(
         # length-grouped batches within chunks keep padding-free packs of similar cost
         chunks = [perm[i : i + cfg.max_cells * 8] for i in range(0, len(perm), cfg.max_cells * 8)]
         order = np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks])
-        batches = _batches(lengths, cfg.token_budget, cfg.max_cells, order)
+        batches = _train_batches(lengths, cfg, order)
         total = 0.0
         for idx in (batches[j] for j in rng.permutation(len(batches))):
             scale = min((step + 1) / warm, max(0.0, (n_steps - step) / max(n_steps - warm, 1)))
@@ -428,9 +434,10 @@ def finetune_classifier(
             opt.step()
             total += float(loss.detach()) * len(idx)
             step += 1
+            bar.update(len(idx))
         val = predict_logits(
             enc, head, tokens[val_idx], lengths[val_idx], special_ids=special_ids, layer=layer, device=dev,
-            token_budget=cfg.token_budget,
+            token_budget=cfg.token_budget, progress=False,
         )  # fmt: skip
         yv = labels[val_idx]
         val_loss = float(loss_fn(torch.as_tensor(val, device=dev), torch.as_tensor(yv, device=dev)))
@@ -450,6 +457,7 @@ def finetune_classifier(
             bad += 1
             if bad >= cfg.patience:
                 break
+    bar.close()
     if best[1] is not None:
         enc.load_state_dict(best[1])
         head.load_state_dict(best[2])

@@ -13,9 +13,9 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,11 +24,11 @@ from safetensors.torch import load_file, save_file
 
 from ...module._checkpoint import load_model_dir, save_model_dir
 from ...module._encoder import BertEncoderModel
-from ...module._losses import info_nce, mask_tokens, segment_mean
+from ...module._losses import info_nce, mask_tokens
+from .._batching import make_batches
 from .._device import resolve_device
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+from .._forward import autocast, encode, encode_pooled, pool, rows_batch
+from ._corpus import ConcatRows, PaddedRows, RowSource, TokenCorpus, batch_loader
 
 logger = logging.getLogger("mixgf")
 
@@ -146,236 +146,6 @@ class PretrainConfig:
         return asdict(self)
 
 
-@runtime_checkable
-class RowSource(Protocol):
-    """Where the trainer reads token rows from: per-cell ``lengths`` in memory, rows fetched by position.
-
-    Anything with these two members is a row source: :class:`PaddedRows` (a padded matrix in memory),
-    :class:`ConcatRows` (several sources one after the other), or an on-disk token store reader
-    (:class:`mixgf.pp.TokenStore` has both). The batch schedule needs only ``lengths``; rows are read batch by
-    batch, in a :class:`torch.utils.data.DataLoader` (see :attr:`PretrainConfig.num_workers`), so a corpus larger
-    than memory can be trained on. A source is sent to the loader's worker processes, so it must be picklable
-    (or the platform must fork).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from mixgf.model import PaddedRows, RowSource
-    >>> source = PaddedRows(np.array([[5, 6, 0], [7, 0, 0]]), np.array([2, 1]))
-    >>> isinstance(source, RowSource)
-    True
-    >>> [r.tolist() for r in source.rows([1, 0])]
-    [[7], [5, 6]]
-    """
-
-    lengths: np.ndarray
-
-    def rows(self, idx: np.ndarray) -> Sequence[np.ndarray]:
-        """1-D token arrays of the cells ``idx``, in that order (each at least ``lengths[i]`` long)."""
-        ...
-
-
-class PaddedRows:
-    """A :class:`RowSource` over right-padded tokens ``[N, L]`` in memory.
-
-    Parameters
-    ----------
-    tokens
-        ``[N, L]`` token ids.
-    lengths
-        ``[N]`` tokens per cell.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from mixgf.model import PaddedRows
-    >>> source = PaddedRows(np.array([[5, 6, 0], [7, 0, 0]]), np.array([2, 1]))
-    >>> [r.tolist() for r in source.rows([0, 1, 0])]
-    [[5, 6], [7], [5, 6]]
-    """
-
-    in_memory = True
-
-    def __init__(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
-        self.tokens = tokens
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        if tokens.ndim != 2 or tokens.shape[0] != self.lengths.shape[0]:
-            msg = f"tokens must be [N, L] with N = len(lengths) = {self.lengths.shape[0]}, got {tokens.shape}."
-            raise ValueError(msg)
-
-    def rows(self, idx: np.ndarray) -> list[np.ndarray]:
-        """Rows ``idx`` without their padding."""
-        return [self.tokens[i, : self.lengths[i]] for i in np.asarray(idx, dtype=np.int64)]
-
-
-class ConcatRows:
-    """Several :class:`RowSource` objects one after the other, as one source (e.g. one per dataset).
-
-    Parameters
-    ----------
-    parts
-        The sources; cell ``i`` of part ``k`` is cell ``sum(len(parts[j].lengths) for j < k) + i``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from mixgf.model import ConcatRows, PaddedRows
-    >>> human = PaddedRows(np.array([[5, 6], [7, 0]]), np.array([2, 1]))
-    >>> mouse = PaddedRows(np.array([[9, 8, 4]]), np.array([3]))
-    >>> both = ConcatRows([human, mouse])
-    >>> both.lengths.tolist(), [r.tolist() for r in both.rows([2, 0])]
-    ([2, 1, 3], [[9, 8, 4], [5, 6]])
-    """
-
-    def __init__(self, parts: Sequence[RowSource]) -> None:
-        self.parts = list(parts)
-        sizes = [len(p.lengths) for p in self.parts]
-        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.lengths = (
-            np.concatenate([np.asarray(p.lengths, dtype=np.int64) for p in self.parts])
-            if self.parts
-            else np.zeros(0, dtype=np.int64)
-        )
-        self.in_memory = all(getattr(p, "in_memory", False) for p in self.parts)
-
-    def rows(self, idx: np.ndarray) -> list[np.ndarray]:
-        """Rows ``idx`` (each part is asked once per call)."""
-        idx = np.asarray(idx, dtype=np.int64)
-        part = np.searchsorted(self.starts, idx, side="right") - 1
-        out: list[np.ndarray | None] = [None] * len(idx)
-        for k in np.unique(part):
-            sel = np.flatnonzero(part == k)
-            for j, row in zip(sel, self.parts[k].rows(idx[sel] - self.starts[k]), strict=True):
-                out[j] = row
-        return out  # type: ignore[return-value]
-
-
-@dataclass
-class TokenCorpus:
-    """Tokenized cells as the trainer reads them: in memory, or from any :class:`RowSource` (e.g. on disk).
-
-    Attributes
-    ----------
-    tokens
-        ``[N, L]`` right-padded token ids in memory, or a :class:`RowSource` whose rows are read batch by batch
-        (the ``[N, L]`` matrix then never exists).
-    lengths
-        ``[N]`` tokens per cell.
-    species
-        ``[N]`` small integer species code per cell (only used to report and to project).
-    pad_id, mask_id
-        Ids of ``<pad>`` and ``<mask>``.
-    special_ids
-        Ids that are never masked nor pooled.
-    gene_ids
-        Ids random replacements are drawn from.
-    ortholog_map
-        ``[vocab_size]`` id of each token's one-to-one ortholog in the other species, ``-1`` where none
-        (needed by the cross-species term only).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from mixgf.model import TokenCorpus
-    >>> tokens = np.array([[5, 6, 7], [8, 9, 0]], dtype=np.uint16)
-    >>> corpus = TokenCorpus(
-    ...     tokens,
-    ...     lengths=np.array([3, 2]),
-    ...     species=np.zeros(2, dtype=np.int8),
-    ...     pad_id=0,
-    ...     mask_id=1,
-    ...     special_ids=np.array([0, 1, 2, 3]),
-    ...     gene_ids=np.arange(4, 10),
-    ... )
-    >>> len(corpus), [r.tolist() for r in corpus.row_source().rows([1])]
-    (2, [[8, 9]])
-    """
-
-    tokens: np.ndarray | RowSource
-    lengths: np.ndarray
-    species: np.ndarray
-    pad_id: int
-    mask_id: int
-    special_ids: np.ndarray
-    gene_ids: np.ndarray
-    ortholog_map: np.ndarray | None = None
-    names: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        n = len(self.lengths)
-        if isinstance(self.tokens, np.ndarray):
-            if self.tokens.ndim != 2 or self.tokens.shape[0] != n:
-                msg = f"tokens must be [N, L] with N = len(lengths) = {n}, got {self.tokens.shape}."
-                raise ValueError(msg)
-        elif not isinstance(self.tokens, RowSource):
-            msg = f"tokens must be an [N, L] array or a row source (lengths + rows(idx)), got {type(self.tokens)}."
-            raise TypeError(msg)
-        elif not np.array_equal(np.asarray(self.tokens.lengths), np.asarray(self.lengths)):
-            msg = "lengths differ from the row source's lengths."
-            raise ValueError(msg)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def row_source(self) -> RowSource:
-        """The cells as a :class:`RowSource` (the padded matrix wrapped in :class:`PaddedRows`)."""
-        if isinstance(self.tokens, np.ndarray):
-            return PaddedRows(self.tokens, self.lengths)
-        return self.tokens
-
-
-class _BatchRows(torch.utils.data.Dataset):
-    """Data-loader dataset: ``(step, idx, epoch)`` -> the same with the rows of ``idx``, cut to the step's lengths."""
-
-    def __init__(self, source: RowSource, lengths: np.ndarray) -> None:
-        self.source, self.lengths = source, lengths
-
-    def __getitem__(self, item: tuple[int, np.ndarray, int]) -> tuple[int, np.ndarray, int, list[np.ndarray]]:
-        step, idx, epoch = item
-        rows = self.source.rows(idx)
-        return step, idx, epoch, [np.asarray(r[:n]) for r, n in zip(rows, self.lengths[idx], strict=True)]
-
-
-class _StepSampler:
-    """Yields ``(step, idx, epoch)`` for steps ``start..stop-1`` from the schedule (in the training process)."""
-
-    def __init__(self, sched: _Schedule, start: int, stop: int) -> None:
-        self.sched, self.start, self.stop = sched, start, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray, int]]:
-        for step in range(self.start, self.stop):
-            idx, epoch = self.sched.batch(step)
-            yield step, idx, epoch
-
-
-def _as_is(x: Any) -> Any:
-    return x
-
-
-def _batch_loader(
-    source: RowSource, lengths: np.ndarray, sched: _Schedule, start: int, cfg: PretrainConfig
-) -> torch.utils.data.DataLoader:
-    """Rows of the batches of steps ``start..`` in order, read ahead by ``num_workers`` processes."""
-    workers = cfg.num_workers
-    if workers is None:
-        workers = 0 if getattr(source, "in_memory", False) else 1
-    kw: dict[str, Any] = {}
-    if workers > 0:
-        kw = {"prefetch_factor": cfg.prefetch_batches, "persistent_workers": False}
-    return torch.utils.data.DataLoader(
-        _BatchRows(source, lengths),
-        batch_size=None,
-        sampler=_StepSampler(sched, start, cfg.steps),
-        num_workers=workers,
-        collate_fn=_as_is,
-        generator=torch.Generator(),  # the loader's seed must not come from (and move) the global torch RNG
-        **kw,
-    )
-
-
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -390,13 +160,8 @@ def _epoch_batches(lengths: np.ndarray, cfg: PretrainConfig, epoch: int) -> list
     mega = max(cfg.max_cells * 16, 1)
     for s in range(0, len(order), mega):
         chunk = order[s : s + mega]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        i = 0
-        while i < len(chunk):
-            cum = np.cumsum(lengths[chunk[i : i + cfg.max_cells]])
-            n = max(2, int(np.searchsorted(cum, cfg.token_budget, side="right")))
-            batches.append(chunk[i : i + n])
-            i += n
+        runs = make_batches(lengths[chunk], cfg.token_budget, packed=True, max_cells=cfg.max_cells)
+        batches.extend(chunk[b] for b in runs)
     perm = rng.permutation(len(batches))
     return [batches[j] for j in perm]
 
@@ -428,24 +193,6 @@ def _lr(step: int, cfg: PretrainConfig) -> float:
     span = max(cfg.steps - cfg.warmup_steps, 1)
     t = min((step - cfg.warmup_steps) / span, 1.0)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def _packed(rows: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Pack token rows into one stream: ids, cu_seqlens (int32), positions, segment of each token, longest."""
-    lens = np.array([len(r) for r in rows], dtype=np.int64)
-    cu = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum(lens, out=cu[1:])
-    ids = torch.from_numpy(np.concatenate(rows).astype(np.int64)).to(device)
-    pos = torch.from_numpy(np.concatenate([np.arange(n) for n in lens])).to(device)
-    seg = torch.from_numpy(np.repeat(np.arange(len(rows)), lens)).to(device)
-    return ids, torch.from_numpy(cu).to(device), pos, seg, int(lens.max())
-
-
-def _encode(model: BertEncoderModel, rows: list[np.ndarray], special: torch.Tensor, device: torch.device):
-    """Mean-pooled final-layer embedding of each row (packed pass, dropout active in training mode)."""
-    ids, cu, pos, seg, longest = _packed(rows, device)
-    h = model.forward_packed(ids, cu, longest, pos, output_layer=-1)
-    return segment_mean(h, seg, ~torch.isin(ids, special), len(rows))
 
 
 def _save_checkpoint(
@@ -633,6 +380,7 @@ def pretrain_encoder(
     rank, world = _rank_world()
     dev = resolve_device(device)
     use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and dev.type == "cuda")
+    compute_dtype = torch.bfloat16 if use_bf16 else torch.float32
     out = Path(out_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -662,32 +410,34 @@ def pretrain_encoder(
     if cfg.train_max_len:
         lengths = np.minimum(lengths, cfg.train_max_len)
     sched = _Schedule(lengths, cfg, rank, world)
-    special = torch.as_tensor(np.asarray(corpus.special_ids, dtype=np.int64), device=dev)
+    special_ids = [int(i) for i in np.asarray(corpus.special_ids).ravel()]
+    special = torch.as_tensor(special_ids, dtype=torch.int64, device=dev)
+    pad_id = int(corpus.pad_id)
     gene_ids = torch.as_tensor(np.asarray(corpus.gene_ids, dtype=np.int64), device=dev)
     omap = None if corpus.ortholog_map is None else np.asarray(corpus.ortholog_map, dtype=np.int64)
     model.train()
     t_last = time.perf_counter()
     cells_seen = 0
-    for step, idx, epoch, fetched in _batch_loader(source, lengths, sched, start, cfg):
+    for step, idx, epoch, fetched in batch_loader(source, lengths, sched, start, cfg):
         gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1_000_003 + step * 7919 + rank)
         torch.manual_seed(cfg.seed * 1_000_003 + step * 7919 + rank + 17)
         rows = [r.astype(np.int64) for r in fetched]
-        ids, cu, pos, seg, longest = _packed(rows, dev)
-        genes = ~torch.isin(ids, special)
+        batch = rows_batch(rows, device=dev)
+        genes = ~torch.isin(batch.ids, special)
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with autocast(dev, compute_dtype):
             inputs, target = mask_tokens(
-                ids, genes, mask_id=corpus.mask_id, random_ids=gene_ids, mask_prob=cfg.mask_prob, generator=gen
+                batch.ids, genes, mask_id=corpus.mask_id, random_ids=gene_ids, mask_prob=cfg.mask_prob, generator=gen
             )
-            h1 = model.forward_packed(inputs, cu, longest, pos, output_layer=-1)
+            h1 = encode(model, batch, dtype=compute_dtype, input_ids=inputs)
             logits = model.mlm_logits(h1, target)
-            mlm = torch.nn.functional.cross_entropy(logits.float(), ids[target])
+            mlm = torch.nn.functional.cross_entropy(logits.float(), batch.ids[target])
             loss = cfg.mlm_weight * mlm
             rec = {"step": step + 1, "epoch": epoch, "lr": _lr(step, cfg), "cells": len(idx), "mlm": mlm.item()}
             if cfg.simcse_weight > 0:
-                h2 = model.forward_packed(inputs, cu, longest, pos, output_layer=-1)
-                z1, z2 = segment_mean(h1, seg, genes, len(rows)), segment_mean(h2, seg, genes, len(rows))
+                h2 = encode(model, batch, dtype=compute_dtype, input_ids=inputs)
+                z1, z2 = (pool(h, batch, special_ids=special_ids, pad_token_id=pad_id) for h in (h1, h2))
                 sim = info_nce(z1, z2, cfg.simcse_temperature)
                 loss = loss + cfg.simcse_weight * sim
                 rec["simcse"] = sim.item()
@@ -698,8 +448,10 @@ def pretrain_encoder(
                     pick = torch.randperm(len(keep), generator=torch.Generator().manual_seed(cfg.seed + step))
                     keep = sorted(keep[int(j)] for j in pick[: cfg.xspec_max_cells])
                 if len(keep) >= 2:
-                    za = _encode(model, [rows[i] for i in keep], special, dev)
-                    zp = _encode(model, [proj[i] for i in keep], special, dev)
+                    za, zp = (
+                        encode_pooled(model, rows_batch(part, device=dev), special_ids=special_ids, dtype=compute_dtype)
+                        for part in ([rows[i] for i in keep], [proj[i] for i in keep])
+                    )
                     xs = info_nce(za, zp, cfg.xspec_temperature)
                     loss = loss + cfg.xspec_weight * xs
                     rec["xspec"] = xs.item()

@@ -85,7 +85,7 @@ def mixgf_methods(train, test, key, args, model) -> tuple[dict[str, np.ndarray],
         "finetune_seconds": round(ft_seconds, 1),
     }
     for a in (train, test):
-        mgf.tl.embed(a, model=model, layer=-1, key_added="X_bench")
+        mgf.tl.embed(a, model=model, hidden_layer=-1, key_added="X_bench")
     lr = LogisticRegression(max_iter=2000).fit(train.obsm["X_bench"], train.obs[key].astype(str))
     out["(b) mixgf frozen + LR"] = lr.predict(test.obsm["X_bench"])
     return out, cal

@@ -185,9 +185,9 @@ def time_mixgf_embed(ckpt: Path, h5ad: Path, sample: int) -> float:
     mgf = perturb_bench.quiet_mixgf()
     model = mgf.MixGeneformer.from_huggingface(ckpt, vocab="geneformer-v1")
     adata = ad.read_h5ad(h5ad)[:sample].copy()
-    mgf.tl.embed(adata[:8].copy(), model=model, layer=-2)  # warm-up
+    mgf.tl.embed(adata[:8].copy(), model=model, hidden_layer=-2)  # warm-up
     start = time.perf_counter()
-    mgf.tl.embed(adata, model=model, layer=-2)
+    mgf.tl.embed(adata, model=model, hidden_layer=-2)
     return (time.perf_counter() - start) / sample
 
 

@@ -29,7 +29,7 @@ Methods
     mean of ``hidden_states[-2]`` over the non-padding positions (Geneformer's default ``emb_layer=-1``);
     ``torch.cuda.empty_cache()`` after every batch on CUDA, as upstream.
 ``mixgf``
-    ``mgf.tl.embed(adata, model=mgf.MixGeneformer.from_huggingface(folder, vocab="geneformer-v1"), layer=-2)``,
+    ``mgf.tl.embed(adata, model=mgf.MixGeneformer.from_huggingface(folder, vocab="geneformer-v1"), hidden_layer=-2)``,
     end to end: AnnData with tokens in, ``obsm["X_mixgf"]`` out. Defaults only (fp32 on CPU; bf16 and packed
     variable-length attention on CUDA).
 ``hf-fast``
@@ -266,7 +266,9 @@ class Runner:
             import mixgf as mgf
 
             adata = self.adata if sl == slice(None) else self.adata[sl].copy()
-            mgf.tl.embed(adata, model=self.model, layer=LAYER, device=self.device, token_budget=self.args.token_budget)
+            mgf.tl.embed(
+                adata, model=self.model, hidden_layer=LAYER, device=self.device, token_budget=self.args.token_budget
+            )
             return np.asarray(adata.obsm["X_mixgf"])
         tokens, lengths = self.tokens[sl], self.lengths[sl]
         if self.method == "geneformer":

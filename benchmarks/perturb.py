@@ -48,7 +48,7 @@ Methods of parts 1 and 2 (each in its **own child process**, one warm-up call, t
     without goal states upstream averages per-gene cosines instead, which costs the same forwards plus more).
 ``(b) mixgf``
     ``mgf.tl.perturb(adata, genes=..., test="none", model=mgf.MixGeneformer.from_huggingface(folder,
-    vocab="geneformer-v1"), layer=-1)``, end to end: AnnData with tokens in, per-cell shifts out. Defaults only
+    vocab="geneformer-v1"), hidden_layer=-1)``, end to end: AnnData with tokens in, per-cell shifts out. Defaults only
     (fp32 on CPU; bf16 and packed attention on CUDA, unless ``--mixgf-dtype``).
 
 Usage::
@@ -260,7 +260,7 @@ def mixgf_shifts(adata, model, genes, gene_ids: list[str], cfg: dict) -> np.ndar
         genes=genes,
         test="none",
         model=model,
-        layer=LAYER,
+        hidden_layer=LAYER,
         device=cfg["device"],
         dtype=cfg["mixgf_dtype"],
         token_budget=cfg["token_budget"],
@@ -617,7 +617,7 @@ def section(info: dict, out: dict, args: argparse.Namespace, command: str) -> st
             + (" (upstream default `forward_batch_size` 100 needs ~20 GB of MLM logits per batch)"
                if args.gf_batch < 100 else "")
             + ", copies built by Python list deletion, no Hugging Face `datasets` overhead. "
-            f"(b) mixgf: `mgf.tl.perturb(..., test=\"none\", layer=-1)` end to end ({mixgf_settings(args)}). "
+            f"(b) mixgf: `mgf.tl.perturb(..., test=\"none\", hidden_layer=-1)` end to end ({mixgf_settings(args)}). "
             "Both embed a cell as the mean of the last layer's hidden states (Geneformer `emb_layer=0`); "
             "shift = 1 - cos(original, perturbed).",
             "",

@@ -37,4 +37,4 @@ def warn(msg: str, category: type[Warning] = UserWarning) -> None:
     frame, level = sys._getframe(1), 2
     while frame is not None and frame.f_code.co_filename.startswith(_PKG_DIR):
         frame, level = frame.f_back, level + 1
-    warnings.warn(msg, category, stacklevel=level - 1)
+    warnings.warn(msg, category, stacklevel=level)

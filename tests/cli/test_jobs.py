@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -126,6 +127,29 @@ def test_perturb_shards(inputs, tmp_path):
     assert n == int((~np.isnan(res[:, "CD74"].X)).sum())
     table = (out / "results.tsv").read_text().splitlines()
     assert table[0].split("\t")[0] == "gene" and len(table) == 1 + 2 * 2
+    # the command line pools the same hidden layer as mgf.tl.perturb (-1), so both give the same numbers
+    assert res.uns["mixgf_perturb"]["params"]["hidden_layer"] == -1
+    sub = ad.read_h5ad(inputs / "part0.h5ad")
+    mgf.pp.rank_tokenize(sub, gene_id_key="gene_id", max_len=MAX_LEN)
+    py = mgf.tl.perturb(sub, genes=["CD74", ["LYZ", "S100A9"]], max_cells=20, n_controls=4, inplace=False)
+    np.testing.assert_allclose(py.loc["CD74", "shift_mean"], res.var.loc["CD74", "shift_mean"], rtol=1e-4)
+
+
+def test_old_layer_spellings_still_work_with_a_warning(capsys):
+    from mixgf.cli._main import DEFAULT_EMBED_LAYER, _split_layers
+    from mixgf.tl._embed import DEFAULT_LAYER
+
+    assert DEFAULT_EMBED_LAYER == DEFAULT_LAYER  # `mixgf embed` and mgf.tl.embed pool the same layer
+    old = argparse.Namespace(layer="-2", hidden_layer=None, counts_layer="counts")
+    _split_layers(old)
+    assert (old.layer, old.hidden_layer) == ("counts", -2)
+    err = capsys.readouterr().err
+    assert "--hidden-layer -2" in err and "--counts-layer is deprecated" in err
+    new = argparse.Namespace(layer="counts", hidden_layer=-1, counts_layer=None)
+    _split_layers(new)
+    assert (new.layer, new.hidden_layer) == ("counts", -1) and capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="disagree"):
+        _split_layers(argparse.Namespace(layer="-2", hidden_layer=-1, counts_layer=None))
 
 
 def test_torchrun_processes_share_the_shards(inputs, pbmc_full, tmp_path):
@@ -171,6 +195,8 @@ def test_tokenize_into_stores_then_embed_them(inputs, pbmc_full, tmp_path, capsy
     got = _read_embedding(emb)
     mgf.tl.embed(ref)
     assert list(got.obs_names) == list(ref.obs_names)
+    # the cells' obs columns come back from the inputs the stores were tokenized from
+    assert "cell_type" in got.obs and list(got.obs["cell_type"].astype(str)) == list(ref.obs["cell_type"].astype(str))
     np.testing.assert_allclose(got.obsm["X_mixgf"], ref.obsm["X_mixgf"], atol=1e-5)
     # a store made with another vocabulary is refused with the fix named
     other = tmp_path / "v1"

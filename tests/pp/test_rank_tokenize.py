@@ -319,3 +319,64 @@ def test_no_warnings_on_clean_input(pbmc):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mgf.pp.rank_tokenize(pbmc, gene_id_key="gene_id")
+
+
+# -- where the counts are (scanpy's layers["counts"] and .raw) -----------------------------------------------------
+def _scanpy_normalised(pbmc):
+    """The usual scanpy pipeline: counts kept aside, X normalised and log-transformed."""
+    import scanpy as sc
+
+    sc.pp.normalize_total(pbmc)
+    sc.pp.log1p(pbmc)
+    return pbmc
+
+
+def test_counts_in_a_layer_are_named_in_the_error_and_read_with_layer(pbmc):
+    ref = pbmc[:100].copy()
+    mgf.pp.rank_tokenize(ref, gene_id_key="gene_id")
+    a = pbmc[:100].copy()
+    a.layers["counts"] = a.X.copy()
+    _scanpy_normalised(a)
+    with pytest.raises(
+        ValueError, match=r"log-normalised.*layers\['counts'\] holds integer counts: pass layer='counts'"
+    ):
+        mgf.pp.rank_tokenize(a, gene_id_key="gene_id")
+    assert KEY not in a.obsm  # nothing written, nothing guessed
+    mgf.pp.rank_tokenize(a, gene_id_key="gene_id", layer="counts")
+    np.testing.assert_array_equal(a.obsm[KEY], ref.obsm[KEY])
+    assert a.uns[KEY]["params"]["layer"] == "counts" and a.uns[KEY]["params"]["use_raw"] is False
+
+
+def test_counts_in_raw_are_named_in_the_error_and_read_with_use_raw(pbmc):
+    ref = pbmc[:100].copy()
+    mgf.pp.rank_tokenize(ref, gene_id_key="gene_id")
+    a = pbmc[:100].copy()
+    a.raw = a
+    _scanpy_normalised(a)
+    a = a[:, : a.n_vars // 2].copy()  # .raw keeps every gene, as after highly-variable-gene selection
+    with pytest.raises(ValueError, match=r"adata.raw holds integer counts: pass use_raw=True"):
+        mgf.pp.rank_tokenize(a, gene_id_key="gene_id")
+    mgf.pp.rank_tokenize(a, gene_id_key="gene_id", use_raw=True)
+    np.testing.assert_array_equal(a.obsm[KEY], ref.obsm[KEY])  # all genes of .raw, not the half in X
+    assert a.uns[KEY]["params"]["n_genes_total"] == ref.n_vars
+    with pytest.raises(ValueError, match="not both"):
+        mgf.pp.rank_tokenize(a, gene_id_key="gene_id", use_raw=True, layer="x")
+    b = pbmc[:10].copy()
+    with pytest.raises(ValueError, match=r"adata\.raw is not set"):
+        mgf.pp.rank_tokenize(b, gene_id_key="gene_id", use_raw=True)
+
+
+def test_two_counts_sources_are_both_named(pbmc):
+    a = pbmc[:50].copy()
+    a.layers["counts"] = a.X.copy()
+    a.raw = a
+    _scanpy_normalised(a)
+    with pytest.raises(ValueError, match=r"layers\['counts'\] and adata.raw hold integer counts"):
+        mgf.pp.rank_tokenize(a, gene_id_key="gene_id")
+
+
+def test_zero_cells_are_refused_before_anything_is_written(pbmc, tmp_path):
+    empty = pbmc[:0].copy()
+    with pytest.raises(ValueError, match="0 cells"):
+        mgf.pp.rank_tokenize(empty, gene_id_key="gene_id", store=tmp_path / "e.tokens.zarr")
+    assert KEY not in empty.uns and not (tmp_path / "e.tokens.zarr").exists()

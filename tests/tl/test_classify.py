@@ -71,7 +71,7 @@ def test_every_tool_records_the_same_provenance(frozen_clf, labelled, tmp_path):
     assert common <= set(clf_params) and common <= set(emb_params)
     assert clf_params["weights_sha256"] == loaded.model.weights_sha256
     assert clf_params["vocab_sha256"] == emb_params["vocab_sha256"] == loaded.model.vocab.sha256
-    assert clf_params["layer"] == loaded.layer and clf_params["pooling"] == "mean"
+    assert clf_params["hidden_layer"] == loaded.layer and clf_params["pooling"] == "mean"
 
 
 def test_finetune_all_layers_runs(labelled):

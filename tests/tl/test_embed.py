@@ -15,7 +15,7 @@ def test_embed_writes_embedding_and_params(small_pbmc, default_model):
     assert emb.dtype == np.float32 and emb.shape == (60, default_model.config.hidden_size)
     assert np.isfinite(emb).all()
     p = small_pbmc.uns["mixgf"]["params"]
-    assert p["model"] == default_model.name and p["layer"] == -2 and p["pooling"] == "mean"
+    assert p["model"] == default_model.name and p["hidden_layer"] == -2 and p["pooling"] == "mean"
     assert p["weights_sha256"] == default_model.weights_sha256 and len(p["weights_sha256"]) == 64
     assert p["vocab_sha256"] == default_model.vocab.sha256 and p["device"] == "cpu" and p["dtype"] == "float32"
     assert p["model_trained"] is default_model.trained
@@ -41,15 +41,15 @@ def test_tokenizes_on_the_fly(pbmc_full, default_model):
 
 
 def test_layers_pooling_and_keys(small_pbmc):
-    mgf.tl.embed(small_pbmc, layer=-1, key_added="X_last")
-    mgf.tl.embed(small_pbmc, layer=0, key_added="X_emb0")
+    mgf.tl.embed(small_pbmc, hidden_layer=-1, key_added="X_last")
+    mgf.tl.embed(small_pbmc, hidden_layer=0, key_added="X_emb0")
     mgf.tl.embed(small_pbmc)
     assert "last" in small_pbmc.uns and "emb0" in small_pbmc.uns
     assert not np.allclose(small_pbmc.obsm["X_last"], small_pbmc.obsm["X_mixgf"])
     with pytest.raises(ValueError, match="cls"):
         mgf.tl.embed(small_pbmc, pooling="cls")
     with pytest.raises(ValueError):
-        mgf.tl.embed(small_pbmc, layer=12)
+        mgf.tl.embed(small_pbmc, hidden_layer=12)
 
 
 def test_copy_and_views(small_pbmc):
@@ -143,3 +143,46 @@ def test_embed_and_perturb_read_a_token_store(pbmc_full, default_model, tmp_path
     other.uns["mixgf_tokens"] = dict(s.uns["mixgf_tokens"])
     with pytest.raises(ValueError, match="not in the store"):
         mgf.tl.embed(other)
+
+
+def test_hidden_layer_and_the_old_integer_layer_spelling(small_pbmc):
+    mgf.tl.embed(small_pbmc, hidden_layer=-1, key_added="X_last")
+    with pytest.warns(FutureWarning, match="hidden_layer=-1") as rec:
+        mgf.tl.embed(small_pbmc, layer=-1, key_added="X_old")
+    assert rec[0].filename == __file__  # the warning points at the user's line
+    np.testing.assert_array_equal(small_pbmc.obsm["X_old"], small_pbmc.obsm["X_last"])
+    assert small_pbmc.uns["X_old"[2:]]["params"]["hidden_layer"] == -1
+    with pytest.raises(ValueError, match="disagree"):
+        mgf.tl.embed(small_pbmc, layer=-1, hidden_layer=0)
+
+
+def test_counts_layer_and_raw_for_on_the_fly_tokens(pbmc_full):
+    """After scanpy's normalize_total + log1p, layer='counts' (or use_raw) finds the counts, as the error says."""
+    import scanpy as sc
+
+    ref = pbmc_full[:20].copy()
+    mgf.pp.rank_tokenize(ref, gene_id_key="gene_id", max_len=128)
+    mgf.tl.embed(ref)
+    a = pbmc_full[:20].copy()
+    a.layers["counts"] = a.X.copy()
+    a.raw = a
+    del a.raw.var["gene_id"]  # .raw has var names (symbols) only
+    sc.pp.normalize_total(a)
+    sc.pp.log1p(a)
+    with pytest.raises(ValueError, match=r"pass layer='counts' or use_raw=True"):
+        mgf.tl.embed(a)
+    assert "X_mixgf" not in a.obsm and "mixgf_tokens" not in a.obsm
+    mgf.tl.embed(a, layer="counts")
+    assert a.uns["mixgf_tokens"]["params"]["layer"] == "counts"
+    assert np.isfinite(a.obsm["X_mixgf"]).all() and a.obsm["X_mixgf"].shape == ref.obsm["X_mixgf"].shape
+
+
+def test_zero_cells_are_refused_by_every_tool_before_anything_is_written(pbmc_full, default_model):
+    empty = pbmc_full[:0].copy()
+    uns_before = set(empty.uns)
+    for tool in (mgf.tl.embed, mgf.tl.perturb, mgf.tl.embed_genes):
+        with pytest.raises(ValueError, match="0 cells"):
+            tool(empty, model=default_model)
+    with pytest.raises(ValueError, match="0 cells"):
+        mgf.tl.train_classifier(empty, "cell_type", model=default_model)
+    assert not len(empty.obsm) and set(empty.uns) == uns_before

@@ -56,13 +56,13 @@ def test_writes_results_shifts_and_params(a, default_model):
     assert res.loc["CD74", "n_cells"] > 0 and 0 <= res.loc["CD74", "p_value"] <= 1
     assert res.loc["CD74", "n_controls"] == 8 and len(res.loc["CD74", "control_genes"].split(";")) == 8
     p = a.uns[KEY]["params"]
-    assert p["mode"] == "delete" and p["test"] == "matched" and p["layer"] == -1
+    assert p["mode"] == "delete" and p["test"] == "matched" and p["hidden_layer"] == -1
     assert p["n_cells_selected"] == b_cells.sum() and p["weights_sha256"] == default_model.weights_sha256
     assert p["n_cells_skipped"] == p["n_cells_selected"] - p["n_cells_perturbed"]
     orig = a.obsm[f"{KEY}_original"]
     assert np.isnan(orig[~b_cells]).all() and np.isfinite(orig[b_cells]).all()
     # the original embedding is the model's own embedding of the cell
-    ref = mgf.tl.embed(a[b_cells].copy(), model=default_model, layer=-1, copy=True).obsm["X_mixgf"]
+    ref = mgf.tl.embed(a[b_cells].copy(), model=default_model, hidden_layer=-1, copy=True).obsm["X_mixgf"]
     np.testing.assert_allclose(orig[b_cells], ref, atol=1e-5)
 
 
@@ -76,7 +76,7 @@ def test_goal_shift_is_toward_the_target_centroid(a, default_model):
     src = (a.obs["cell_type"] == "B cells").to_numpy()
     assert p["n_cells_selected"] == src.sum()
     target = (a.obs["cell_type"] == "CD14+ Monocytes").to_numpy()
-    emb = mgf.tl.embed(a, model=default_model, layer=-1, copy=True).obsm["X_mixgf"]
+    emb = mgf.tl.embed(a, model=default_model, hidden_layer=-1, copy=True).obsm["X_mixgf"]
     centroid = emb[target].mean(axis=0)
     entry = a.uns[KEY]
     i = int(np.flatnonzero(entry["cells"] == a.obs_names[_expressing(a, "CD74", src)][0])[0])
@@ -220,3 +220,19 @@ def test_copy_with_inplace_false_is_an_error(a, default_model):
     with pytest.raises(ValueError, match=r"inplace=False.*copy=True"):
         mgf.tl.perturb(a, genes=["CD74"], model=default_model, inplace=False, copy=True)
     assert set(a.uns) | set(a.obsm) == before
+
+
+def test_every_non_exact_gene_name_is_logged(monkeypatch):
+    """'ins2' is taken as Ins2 out loud, like an ortholog mapping; an exact name is not logged."""
+    from mixgf.tl import _perturb
+
+    msgs: list[str] = []
+    monkeypatch.setattr(_perturb.logg, "info", lambda m, **_: msgs.append(m))
+    vocab = mgf.genes.Vocabulary.load("mixgf")
+    sets = _perturb._gene_sets(["ins2", "GCG", "Pdx1", "ENSMUSG00000035804.5"], vocab, "mouse")
+    assert [r.symbol for (r,) in sets] == ["Ins2", "Gcg", "Pdx1", "Ins1"]
+    text = "\n".join(msgs)
+    assert "'ins2' taken as mouse gene Ins2 (ENSMUSG00000000215): case-insensitive match" in text
+    assert "'GCG' mapped to its one-to-one mouse ortholog Gcg" in text
+    assert "'ENSMUSG00000035804.5' taken as mouse gene Ins1" in text and "version stripped" in text
+    assert "Pdx1" not in text

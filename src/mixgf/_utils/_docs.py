@@ -33,6 +33,12 @@ tokens_key
     "doc_device": """\
 device
         Torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, …); `None` uses :attr:`mixgf.settings.device`.""",
+    "doc_counts": """\
+layer
+        AnnData layer with the raw counts, used only when the cells are tokenized on the fly (as in
+        :func:`mixgf.pp.rank_tokenize`; e.g. ``"counts"``); `None` reads ``adata.X``.
+    use_raw
+        Tokenize on the fly from ``adata.raw`` (see :func:`mixgf.pp.rank_tokenize`).""",
     "doc_copy": """\
 copy
         Return a modified copy instead of writing into ``adata``.""",

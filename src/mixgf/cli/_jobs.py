@@ -182,11 +182,12 @@ def _source_signature(path: Path) -> dict[str, Any]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def read_shard(shard: Shard, *, obs: bool = True, layer: str | None = None) -> AnnData:
+def read_shard(shard: Shard, *, obs: bool = True, layer: str | None = None, use_raw: bool = False) -> AnnData:
     """The shard's cells as an AnnData whose ``X`` is a lazy dask array (read chunk by chunk when used).
 
     ``obs`` holds the input's obs columns (``obs=False``: the names only); ``var`` the input's var table. With
-    ``layer``, that layer is read lazily into ``layers[layer]`` instead of ``X``.
+    ``layer``, that layer is read lazily into ``layers[layer]`` instead of ``X``; with ``use_raw``, ``raw/X``
+    becomes ``X`` and ``raw/var`` the var table.
     """
     import anndata as ad
     import pandas as pd
@@ -196,7 +197,15 @@ def read_shard(shard: Shard, *, obs: bool = True, layer: str | None = None) -> A
     from .._settings import settings
 
     g = _open_group(shard.path)
-    if layer is None:
+    if layer is not None and use_raw:
+        msg = "pass either --layer or --use-raw, not both: they name two different count matrices."
+        raise ValueError(msg)
+    if use_raw and "raw" not in g:
+        msg = f"--use-raw: {shard.path} has no .raw; pass --layer naming the layer with raw counts instead."
+        raise ValueError(msg)
+    if use_raw:
+        elem = g["raw"]["X"]
+    elif layer is None:
         elem = g["X"]
     else:
         names = list(g["layers"].keys()) if "layers" in g else []
@@ -205,7 +214,7 @@ def read_shard(shard: Shard, *, obs: bool = True, layer: str | None = None) -> A
             raise KeyError(msg)
         elem = g["layers"][layer]
     X = read_elem_lazy(elem, chunks=(settings.chunk_size, -1))[shard.start : shard.stop]
-    var = read_elem(g["var"])
+    var = read_elem(g["raw"]["var"] if use_raw else g["var"])
     if obs:
         obs_df = read_elem(g["obs"]).iloc[shard.start : shard.stop]
     else:
@@ -215,6 +224,34 @@ def read_shard(shard: Shard, *, obs: bool = True, layer: str | None = None) -> A
     if layer is None:
         return ad.AnnData(X=X, obs=obs_df, var=var)
     return ad.AnnData(obs=obs_df, var=var, layers={layer: X})
+
+
+def source_obs(store_path: Path, obs_names: Any) -> Any:
+    """The obs table of the cells of a token store written by ``mixgf tokenize``, read from its input file.
+
+    The job's ``<shard>.done.json`` next to the store names the input and the rows; the table is returned only when
+    that input still holds exactly these cells (same names, in order). `None` when it cannot be found.
+    """
+    import pandas as pd
+    from anndata.io import read_elem
+
+    done = store_path.parent / f"{store_path.name.removesuffix('.tokens.zarr')}.done.json"
+    if not done.exists():
+        return None
+    key = json.loads(done.read_text()).get("key", {})
+    src, rows = Path(str(key.get("input", ""))), key.get("rows")
+    if not rows or not src.exists():
+        return None
+    g = _open_group(src)
+    try:
+        obs = read_elem(g["obs"]).iloc[int(rows[0]) : int(rows[1])]
+    finally:
+        if hasattr(g, "close"):
+            g.close()
+    obs.index = obs.index.astype(str)
+    if not obs.index.equals(pd.Index(obs_names).astype(str)):
+        return None
+    return obs
 
 
 def _barrier() -> None:

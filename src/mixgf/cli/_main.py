@@ -10,6 +10,9 @@ from pathlib import Path
 from .._keys import EMBEDDING_KEY, PERTURB_KEY, SHARD_KEY, TOKENS_KEY, perturb_obsm_keys, tokens_obs_keys
 from .._version import __version__
 
+DEFAULT_EMBED_LAYER = -2
+"""``mgf.tl.embed``'s default hidden layer (kept equal to it by a test; the tool module imports torch)."""
+
 N_TOKENS, EMPTY = tokens_obs_keys(TOKENS_KEY)
 
 
@@ -74,6 +77,7 @@ def _tokenize_options(args: argparse.Namespace) -> dict:
     return {
         "vocab": args.vocab,
         "layer": args.layer,
+        "use_raw": args.use_raw,
         "gene_id_key": args.gene_id_key,
         "species": args.species,
         "max_len": args.max_len,
@@ -117,10 +121,11 @@ def _tokenize(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )  # fmt: skip
     kw["vocab"] = vocab
+    shard_kw = {**kw, "use_raw": False}  # read_shard puts raw/X into X
 
     def work(shard, path):
-        adata = read_shard(shard, obs=False, layer=args.layer)
-        mgf.pp.rank_tokenize(adata, store=path, chunk_size=args.chunk_size, **kw)
+        adata = read_shard(shard, obs=False, layer=args.layer, use_raw=args.use_raw)
+        mgf.pp.rank_tokenize(adata, store=path, chunk_size=args.chunk_size, **shard_kw)
         cov = adata.uns[TOKENS_KEY]["coverage"]
         return {
             "n_tokens": int(adata.obs[N_TOKENS].sum()),
@@ -155,6 +160,33 @@ def _run_job(job, shards, work) -> dict:
         dist.destroy_process_group()
 
 
+_INT = __import__("re").compile(r"[+-]?\d+")
+
+
+def _split_layers(args: argparse.Namespace) -> None:
+    """``args.layer`` (counts layer) and ``args.hidden_layer`` from the new and the deprecated spellings.
+
+    ``--layer N`` (an integer) and ``--counts-layer NAME`` are the spellings before ``--hidden-layer`` existed: they
+    work for one more release, with a warning.
+    """
+    if args.layer is not None and _INT.fullmatch(args.layer):
+        if args.hidden_layer is not None and args.hidden_layer != int(args.layer):
+            msg = f"--layer {args.layer} (the old spelling of --hidden-layer) and --hidden-layer {args.hidden_layer} disagree."
+            raise ValueError(msg)
+        print(
+            f"warning: --layer {args.layer} as the transformer layer is deprecated: pass --hidden-layer {args.layer}. "
+            "--layer names the AnnData layer with the raw counts, as in `mixgf tokenize`.",
+            file=sys.stderr,
+        )
+        args.hidden_layer, args.layer = int(args.layer), None
+    if args.counts_layer is not None:
+        if args.layer is not None and args.layer != args.counts_layer:
+            msg = f"--counts-layer {args.counts_layer} (the old spelling of --layer) and --layer {args.layer} disagree."
+            raise ValueError(msg)
+        print(f"warning: --counts-layer is deprecated: pass --layer {args.counts_layer}.", file=sys.stderr)
+        args.layer = args.counts_layer
+
+
 def _load_model(args: argparse.Namespace):
     import mixgf as mgf
 
@@ -164,23 +196,25 @@ def _load_model(args: argparse.Namespace):
 def _embed(args: argparse.Namespace) -> int:
     import anndata as ad
     import numpy as np
+    import pandas as pd
 
     import mixgf as mgf
 
-    from ._jobs import ShardJob, expand_inputs, is_token_store, plan_shards, read_shard
+    from ._jobs import ShardJob, expand_inputs, is_token_store, plan_shards, read_shard, source_obs
 
     _quiet(mgf)
+    _split_layers(args)
     model = _load_model(args)
     device = args.device  # under torchrun, the tools pick cuda:LOCAL_RANK on GPUs
     shards = plan_shards(expand_inputs(args.inputs, stores=True), args.shard_cells)
-    tok_kw = {"gene_id_key": args.gene_id_key, "layer": args.counts_layer, "species": args.species}
+    tok_kw = {"gene_id_key": args.gene_id_key, "layer": args.layer, "species": args.species}
     emb_kw = {
-        "layer": args.layer, "pooling": args.pooling, "dtype": args.dtype, "token_budget": args.token_budget,
+        "hidden_layer": DEFAULT_EMBED_LAYER if args.hidden_layer is None else args.hidden_layer, "pooling": args.pooling, "dtype": args.dtype, "token_budget": args.token_budget,
         "key_added": args.key_added,
     }  # fmt: skip
     options = {
         "model": model.name, "weights_sha256": model.weights_sha256 or "", **tok_kw, **emb_kw,
-        "max_len": args.max_len,
+        "max_len": args.max_len, "use_raw": args.use_raw,
     }  # fmt: skip
     job = ShardJob(args.output, command="embed", options=options, suffix=".h5ad", overwrite=args.overwrite)
 
@@ -194,15 +228,23 @@ def _embed(args: argparse.Namespace) -> int:
                     f"vocabulary of model {model.name!r}: tokenize again with --vocab <the model's vocabulary>."
                 )
                 raise ValueError(msg)
+            cols = source_obs(shard.path, store.obs_names)
+            if cols is None:
+                print(
+                    f"warning: the input that {shard.path.name} was tokenized from (named in its .done.json) is not "
+                    "found or has changed: its embeddings carry the cell names but no obs columns.",
+                    file=sys.stderr,
+                )
             for a in range(shard.start, shard.stop, args.chunk_cells):
                 b = min(a + args.chunk_cells, shard.stop)
                 tokens, lengths = store.padded(a, b)
-                sub = ad.AnnData(obs={N_TOKENS: lengths}, obsm={TOKENS_KEY: tokens})
-                sub.obs_names = store.obs_names[a:b]
+                obs = cols.iloc[a:b].copy() if cols is not None else pd.DataFrame(index=store.obs_names[a:b])
+                obs[N_TOKENS] = lengths
+                sub = ad.AnnData(obs=obs, obsm={TOKENS_KEY: tokens})
                 sub.uns[TOKENS_KEY] = {"params": dict(store.params)}
                 yield sub
             return
-        adata = read_shard(shard, layer=args.counts_layer)
+        adata = read_shard(shard, layer=args.layer, use_raw=args.use_raw)
         for a in range(0, adata.n_obs, args.chunk_cells):
             sub = adata[a : a + args.chunk_cells].copy()
             mgf.pp.rank_tokenize(sub, vocab=model.vocab, max_len=args.max_len, **tok_kw)
@@ -247,6 +289,7 @@ def _perturb(args: argparse.Namespace) -> int:
     from ._jobs import ShardJob, expand_inputs, plan_shards, read_shard
 
     _quiet(mgf)
+    _split_layers(args)
     model = _load_model(args)
     device = args.device  # under torchrun, the tools pick cuda:LOCAL_RANK on GPUs
     genes: str | list = "all" if args.genes == "all" else [_gene_set(g) for g in args.genes.split(",") if g]
@@ -258,18 +301,21 @@ def _perturb(args: argparse.Namespace) -> int:
             return 2
         goal = {"key": parts[0], "source": parts[1] or None, "target": parts[2]}
     groups = args.groups.split(",") if args.groups else None
-    tok_kw = {"gene_id_key": args.gene_id_key, "layer": args.counts_layer, "species": args.species}
+    tok_kw = {"gene_id_key": args.gene_id_key, "layer": args.layer, "species": args.species}
     pt_kw = {
         "genes": genes, "mode": args.mode, "groupby": args.groupby, "groups": groups, "max_cells": args.max_cells,
-        "goal": goal, "test": args.test, "n_controls": args.n_controls, "seed": args.seed, "layer": args.layer,
+        "goal": goal, "test": args.test, "n_controls": args.n_controls, "seed": args.seed,
+        "hidden_layer": args.hidden_layer,
         "rank_shift": args.rank_shift, "dtype": args.dtype, "token_budget": args.token_budget,
     }  # fmt: skip
-    options = {"model": model.name, "weights_sha256": model.weights_sha256 or "", **tok_kw, **pt_kw}
+    options = {
+        "model": model.name, "weights_sha256": model.weights_sha256 or "", **tok_kw, **pt_kw, "use_raw": args.use_raw,
+    }  # fmt: skip
     shards = plan_shards(expand_inputs(args.inputs), args.shard_cells)
     job = ShardJob(args.output, command="perturb", options=options, suffix=".perturb.h5ad", overwrite=args.overwrite)
 
     def work(shard, path):
-        adata = read_shard(shard, layer=args.counts_layer)
+        adata = read_shard(shard, layer=args.layer, use_raw=args.use_raw)
         mgf.pp.rank_tokenize(adata, vocab=model.vocab, max_len=args.max_len, **tok_kw)
         adata.X = None
         mgf.tl.perturb(adata, model=model, device=device, distributed=False, **pt_kw)
@@ -355,11 +401,13 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _tokenizer_args(p: argparse.ArgumentParser, *, with_vocab: bool) -> None:
     if with_vocab:
         p.add_argument("--vocab", default="mixgf", help="vocabulary preset or path (default: mixgf)")
-        p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
         p.add_argument("--counts", default="raw", choices=["raw", "normalized"])
         p.add_argument("--duplicates", default="error", choices=["error", "sum"])
     else:
-        p.add_argument("--counts-layer", default=None, help="AnnData inputs: layer with raw counts (default: X)")
+        p.add_argument("--counts-layer", default=None, help=argparse.SUPPRESS)  # deprecated spelling of --layer
+    what = "" if with_vocab else "AnnData inputs: "
+    p.add_argument("--layer", default=None, help=f"{what}layer with raw counts (default: X)")
+    p.add_argument("--use-raw", action="store_true", help=f"{what}read the raw counts from .raw (raw/X, raw/var)")
     p.add_argument("--gene-id-key", default=None, help="var column with Ensembl IDs or symbols (default: var names)")
     p.add_argument("--species", default="auto", choices=["auto", "human", "mouse"])
     p.add_argument("--max-len", type=int, default=None, help="longest token sequence (default: the vocabulary's)")
@@ -367,7 +415,10 @@ def _tokenizer_args(p: argparse.ArgumentParser, *, with_vocab: bool) -> None:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model directory (default: the bundled default model)")
-    p.add_argument("--layer", type=int, default=-2, help="hidden layer to pool (default: -2)")
+    p.add_argument(
+        "--hidden-layer", type=int, default=None,
+        help="transformer hidden state to pool (default: as in Python, -2 for embed, -1 for perturb)",
+    )  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: settings; own GPU per rank)")
     p.add_argument("--dtype", default=None, help="compute dtype (default: bf16 on GPUs, fp32 on CPUs)")
     p.add_argument("--token-budget", type=int, default=None, help="tokens per batch (default: settings)")

@@ -14,18 +14,83 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
-def get_matrix(adata: AnnData, layer: str | None) -> Any:
-    """The matrix to read: ``adata.X`` or ``adata.layers[layer]`` (fetched once; views are sliced once)."""
+def get_matrix(adata: AnnData, layer: str | None, use_raw: bool = False) -> Any:
+    """The matrix to read: ``adata.X``, ``adata.layers[layer]`` or ``adata.raw.X`` (fetched once)."""
+    if layer is not None and use_raw:
+        msg = f"pass either layer={layer!r} or use_raw=True, not both: they name two different count matrices."
+        raise ValueError(msg)
+    if use_raw:
+        if getattr(adata, "raw", None) is None:
+            msg = "use_raw=True, but adata.raw is not set; pass layer='…' naming the layer with raw counts instead."
+            raise ValueError(msg)
+        return adata.raw.X
     if layer is None:
         X = adata.X
         if X is None:
-            msg = "adata.X is empty; pass layer='…' naming the layer that holds raw counts."
+            msg = (
+                "adata.X is empty; pass layer='…' naming the layer that holds raw counts"
+                + (f" (layers: {list(adata.layers.keys())})" if len(adata.layers) else "")
+                + " or use_raw=True."
+            )
             raise ValueError(msg)
         return X
     if layer not in adata.layers:
         msg = f"layer {layer!r} not found; available layers: {list(adata.layers.keys()) or 'none'}."
         raise KeyError(msg)
     return adata.layers[layer]
+
+
+def describe_source(layer: str | None, use_raw: bool) -> str:
+    """How the count matrix is named in messages: ``adata.X``, ``adata.layers['counts']`` or ``adata.raw.X``."""
+    if use_raw:
+        return "adata.raw.X"
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+_PROBE_ROWS = 500
+
+
+def _looks_like_counts(X: Any) -> bool:
+    """Whether the first rows of ``X`` are finite, non-negative integers with at least one non-zero."""
+    from ..engine._tokenize import check_values
+
+    try:
+        _, _, block = next(iter_csr_chunks(X, _PROBE_ROWS))
+    except StopIteration:
+        return False
+    if block.nnz == 0:
+        return False
+    nonfinite, negative, nonint, _ = check_values(block.data, check_integer=True)
+    return nonfinite < 0 and negative < 0 and nonint < 0
+
+
+def counts_candidates(adata: AnnData) -> list[tuple[str, str]]:
+    """Other places of ``adata`` that hold integer counts: ``(how it is named, the argument to pass)``.
+
+    Probes the first rows of every layer and of ``adata.raw.X``; nothing is guessed or used, only reported.
+    """
+    out = []
+    for name in list(getattr(adata, "layers", {})):
+        if _looks_like_counts(adata.layers[name]):
+            out.append((f"layers[{name!r}]", f"layer={name!r}"))
+    raw = getattr(adata, "raw", None)
+    if raw is not None and _looks_like_counts(raw.X):
+        out.append(("adata.raw", "use_raw=True"))
+    return out
+
+
+def counts_advice(adata: AnnData, layer: str | None, use_raw: bool) -> str:
+    """The fix to suggest when the chosen matrix is not counts: the one obvious source, the candidates, or how."""
+    if layer is None and not use_raw:
+        found = counts_candidates(adata)
+        if len(found) == 1:
+            where, arg = found[0]
+            return f"{where} holds integer counts: pass {arg}."
+        if found:
+            names = " and ".join(w for w, _ in found)
+            args = " or ".join(a for _, a in found)
+            return f"{names} hold integer counts: pass {args}, whichever holds the raw counts."
+    return "Pass layer='…' naming the layer with raw counts (or use_raw=True when adata.raw holds them)."
 
 
 def _is_dask(X: Any) -> bool:

@@ -16,7 +16,7 @@ from .._settings import settings
 from .._version import __version__
 from ..engine._tokenize import check_values, tokenize_csr
 from ..genes import Vocabulary, map_to_ensembl
-from ._input import get_matrix, iter_csr_chunks
+from ._input import counts_advice, describe_source, get_matrix, iter_csr_chunks
 from ._store import TokenStoreWriter, check_store_path
 
 if TYPE_CHECKING:
@@ -115,12 +115,15 @@ def _add_special(out: np.ndarray, n_genes: np.ndarray, cls_id: int | None, eos_i
         out[np.arange(out.shape[0]), n_genes + int(cls_id is not None)] = eos_id
 
 
-def _check_block(block: sp.csr_matrix, start: int, adata: AnnData, *, counts: str, what: str) -> int:
+def _check_block(
+    block: sp.csr_matrix, start: int, obs_names: pd.Index, var_names: pd.Index, *, counts: str, what: str, advice
+) -> int:
+    """Refuse NaN/inf, negative and (``counts="raw"``) non-integer values; ``advice()`` says where counts are."""
     nonfinite, negative, nonint, n_nonint = check_values(block.data, check_integer=True)
 
     def where(k: int) -> str:
         row = int(np.searchsorted(block.indptr, k, side="right") - 1)
-        return f"cell {adata.obs_names[start + row]!r}, gene {adata.var_names[block.indices[k]]!r}"
+        return f"cell {obs_names[start + row]!r}, gene {var_names[block.indices[k]]!r}"
 
     if nonfinite >= 0:
         msg = (
@@ -131,14 +134,14 @@ def _check_block(block: sp.csr_matrix, start: int, adata: AnnData, *, counts: st
     if negative >= 0:
         msg = (
             f"{what} holds negative values (first at {where(negative)}: {block.data[negative]}), so it is not "
-            "counts (scaled or centred data?). Pass layer='…' naming the layer with raw counts."
+            f"counts (scaled or centred data?). {advice()}"
         )
         raise ValueError(msg)
     if nonint >= 0 and counts == "raw":
         msg = (
             f"{what} holds non-integer values (first at {where(nonint)}: {block.data[nonint]}), so it is not raw "
-            "counts (normalized or log-transformed?). Pass layer='…' naming the layer with raw counts, or "
-            "counts='normalized' to rank these values anyway."
+            f"counts (normalized or log-transformed?). {advice()} Or pass counts='normalized' to rank these values "
+            "anyway."
         )
         raise ValueError(msg)
     return n_nonint
@@ -149,6 +152,7 @@ def rank_tokenize(
     *,
     vocab: str | Vocabulary = "mixgf",
     layer: str | None = None,
+    use_raw: bool = False,
     gene_id_key: str | None = None,
     species: Literal["auto", "human", "mouse"] = "auto",
     max_len: int | None = None,
@@ -196,7 +200,12 @@ def rank_tokenize(
         The vocabulary and its rules: ``"mixgf"`` (default model, human + mouse), ``"geneformer-v1"``,
         ``"geneformer-v2"``, a path, or a :class:`mixgf.genes.Vocabulary`.
     layer
-        Layer with the raw counts; `None` uses ``adata.X``.
+        Layer with the raw counts (as in scanpy, e.g. ``"counts"`` after ``adata.layers["counts"] = adata.X.copy()``);
+        `None` uses ``adata.X``. When the matrix read is not counts, the error names the layer or ``.raw`` that
+        holds integer counts, if exactly one does; nothing is picked on its own.
+    use_raw
+        Read the counts from ``adata.raw`` (its ``X`` and its var names, which may be more genes than ``adata``
+        has); not together with ``layer``.
     gene_id_key
         Column of ``adata.var`` with Ensembl IDs or symbols; `None` uses ``adata.var_names``.
     species
@@ -279,6 +288,12 @@ def rank_tokenize(
     True
     >>> tmp.cleanup()
     """
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        msg = (
+            f"adata has {adata.n_obs} cells and {adata.n_vars} genes: there is nothing to tokenize. Check the "
+            "filtering or subsetting that produced it."
+        )
+        raise ValueError(msg)
     t0 = logg.info("rank-value tokenization")
     if counts not in ("raw", "normalized"):
         msg = f"counts must be 'raw' or 'normalized', got {counts!r}."
@@ -298,9 +313,14 @@ def rank_tokenize(
 
     store_path = None if store is None else check_store_path(store, overwrite=overwrite)
 
-    plan = _plan_genes(adata, vocab, gene_id_key=gene_id_key, species=species, duplicates=duplicates)
-    X = get_matrix(adata, layer)
-    what = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    X = get_matrix(adata, layer, use_raw)
+    genes_of = adata.raw if use_raw else adata  # .raw has its own var (often more genes)
+    plan = _plan_genes(genes_of, vocab, gene_id_key=gene_id_key, species=species, duplicates=duplicates)
+    what = describe_source(layer, use_raw)
+    if what == "adata.X" and "log1p" in adata.uns:
+        what = "adata.X (log-normalised: adata.uns['log1p'] is set)"
+    n_vars = genes_of.n_vars
+    var_names = pd.Index(genes_of.var_names)
     n_obs = adata.n_obs
     pad = vocab.id_of("pad")
     cls_id = vocab.id_of("cls") if rules.add_cls else None
@@ -313,7 +333,7 @@ def rank_tokenize(
         full = None
         writer = TokenStoreWriter(store_path, vocab.dtype, overwrite=overwrite)
     n_genes = np.zeros(n_obs, dtype=np.int64)
-    gene_totals = np.zeros(adata.n_vars, dtype=np.float64)
+    gene_totals = np.zeros(n_vars, dtype=np.float64)
     cell_total = np.zeros(n_obs, dtype=np.float64)
     cell_vocab = np.zeros(n_obs, dtype=np.float64)
     in_vocab_col = (plan.col2tok >= 0).astype(np.float64)
@@ -327,8 +347,11 @@ def rank_tokenize(
         tqdm(total=n_obs, desc="tokenizing", unit="cell", disable=not settings.progress_bar) as bar,
     ):
         for start, end, block in iter_csr_chunks(X, chunk_size):
-            n_nonint += _check_block(block, start, adata, counts=counts, what=what)
-            gene_totals += np.bincount(block.indices, weights=block.data, minlength=adata.n_vars)
+            n_nonint += _check_block(
+                block, start, adata.obs_names, var_names, counts=counts, what=what,
+                advice=lambda: counts_advice(adata, layer, use_raw),
+            )  # fmt: skip
+            gene_totals += np.bincount(block.indices, weights=block.data, minlength=n_vars)
             cell_total[start:end] = np.asarray(block.sum(axis=1)).ravel()
             cell_vocab[start:end] = block @ in_vocab_col
             out = full[start:end] if full is not None else np.full((end - start, max_len), pad, vocab.dtype)
@@ -353,7 +376,7 @@ def rank_tokenize(
             bar.update(end - start)
         lengths = n_genes + n_special
         empty = n_genes == 0
-        coverage = _coverage(adata, plan, gene_totals, cell_total, cell_vocab, vocab)
+        coverage = _coverage(genes_of, plan, gene_totals, cell_total, cell_vocab, vocab)
         params = {
             "vocab": vocab.name,
             "vocab_sha256": vocab.sha256,
@@ -364,10 +387,11 @@ def rank_tokenize(
             "pad_id": pad,
             "species": plan.mapping.species,
             "layer": layer,
+            "use_raw": bool(use_raw),
             "gene_id_key": gene_id_key,
             "counts": counts,
             "duplicates": duplicates,
-            "n_genes_total": int(adata.n_vars),
+            "n_genes_total": int(n_vars),
             "n_genes_mapped": plan.mapping.n_mapped,
             "n_genes_in_vocab": int((plan.col2tok >= 0).sum()),
             "id_mapping": rules.id_mapping,

@@ -12,7 +12,7 @@ from .._keys import LABEL_KEY, TOKENS_KEY
 from .._settings import settings
 from .._utils._docs import doc_params
 from .._version import __version__
-from ._utils import get_tokens, prepare_target, provenance, resolve_model
+from ._utils import check_not_empty, get_tokens, prepare_target, provenance, resolve_model, split_layer
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -66,7 +66,7 @@ def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nda
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-@doc_params("doc_tokens_key", "doc_device")
+@doc_params("doc_tokens_key", "doc_counts", "doc_device")
 def train_classifier(
     adata: AnnData,
     labels_key: str,
@@ -74,7 +74,9 @@ def train_classifier(
     model: MixGeneformer | str | Path | None = None,
     tokens_key: str = TOKENS_KEY,
     finetune: Literal["all", "frozen"] | int = "all",
-    layer: int = -1,
+    hidden_layer: int = -1,
+    layer: str | None = None,
+    use_raw: bool = False,
     val_fraction: float = 0.15,
     epochs: int = 10,
     patience: int = 2,
@@ -104,8 +106,10 @@ def train_classifier(
     finetune
         ``"all"`` trains every block and the embeddings, an integer ``k`` the top ``k`` blocks, ``"frozen"`` only
         the head.
-    layer
-        Hidden state that is pooled (``-1`` = last block).
+    hidden_layer
+        Hidden state that is pooled (``-1`` = last block); stored as the classifier's ``layer``. Formerly
+        ``layer=``: an integer ``layer`` still works, with a FutureWarning, until the next release.
+    {doc_counts}
     val_fraction
         Fraction of each class used for validation.
     epochs, patience
@@ -145,11 +149,13 @@ def train_classifier(
     from ..engine._device import resolve_device
     from ..engine.train._classifier import FinetuneConfig, finetune_classifier, fit_temperature, predict_logits
 
+    counts_layer, hidden_layer = split_layer(layer, hidden_layer if hidden_layer != -1 else None, default=-1)
+    check_not_empty(adata, "train on")
     mdl = resolve_model(model)
     labels, ok = _labels(adata, labels_key)
     if not ok.all():
         logg.warn(f"{int((~ok).sum()):,} cells have no {labels_key!r} label and are left out of training.")
-    tokens, lengths = get_tokens(adata, mdl, tokens_key)
+    tokens, lengths = get_tokens(adata, mdl, tokens_key, layer=counts_layer, use_raw=use_raw)
     species = adata.uns[tokens_key]["params"]["species"]
     ok &= lengths > 0
     y_names = labels[ok]
@@ -172,7 +178,7 @@ def train_classifier(
         msg = f"finetune must be 'all', 'frozen' or a number of top blocks, got {finetune!r}."
         raise ValueError(msg)
     cfg = FinetuneConfig(
-        train_layers=train_layers, layer=layer, epochs=epochs, patience=patience, lr=lr, head_lr=head_lr,
+        train_layers=train_layers, layer=hidden_layer, epochs=epochs, patience=patience, lr=lr, head_lr=head_lr,
         class_weights=class_weights, max_len=max_len, token_budget=token_budget, seed=seed,
     )  # fmt: skip
     dev = resolve_device(device)
@@ -187,7 +193,7 @@ def train_classifier(
         progress=settings.progress_bar,
     )  # fmt: skip
     lens_c = np.minimum(lens, max_len or tok.shape[1])
-    val_logits = predict_logits(enc, head, tok[va], lens_c[va], special_ids=mdl.vocab.special_ids, layer=layer,
+    val_logits = predict_logits(enc, head, tok[va], lens_c[va], special_ids=mdl.vocab.special_ids, layer=hidden_layer,
                                 device=dev, token_budget=token_budget)  # fmt: skip
     temperature = fit_temperature(val_logits, y[va])
     p_raw, p_cal = _softmax(val_logits), _softmax(val_logits / temperature)
@@ -218,7 +224,7 @@ def train_classifier(
     from .._models._mixgeneformer import MixGeneformer
 
     tuned = MixGeneformer(enc, mdl.vocab, f"{mdl.name}+{labels_key}", {"trained": True, **meta})
-    clf = CellClassifier(tuned, head, [str(c) for c in classes], temperature, species, layer, meta)
+    clf = CellClassifier(tuned, head, [str(c) for c in classes], temperature, species, hidden_layer, meta)
     logg.info(
         f"    validation accuracy {meta['val_accuracy']:.3f}, macro-F1 {meta['val_macro_f1']:.3f}, "
         f"ECE {meta['val_ece_before']:.3f} -> {meta['val_ece_after']:.3f} (T={temperature:.2f})",
@@ -227,12 +233,14 @@ def train_classifier(
     return clf
 
 
-@doc_params("doc_tokens_key", "doc_device", "doc_copy")
+@doc_params("doc_tokens_key", "doc_counts", "doc_device", "doc_copy")
 def classify(
     adata: AnnData,
     *,
     model: CellClassifier | str | Path,
     tokens_key: str = TOKENS_KEY,
+    layer: str | None = None,
+    use_raw: bool = False,
     device: str | None = None,
     key_added: str = LABEL_KEY,
     copy: bool = False,
@@ -250,6 +258,7 @@ def classify(
     model
         The classifier or its directory.
     {doc_tokens_key}
+    {doc_counts}
     {doc_device}
     key_added
         Where to store the results (see Returns).
@@ -293,10 +302,11 @@ def classify(
     from .._models._classifier import CellClassifier
     from ..engine._device import resolve_device
 
+    check_not_empty(adata, "classify")
     clf = model if isinstance(model, CellClassifier) else CellClassifier.load(model)
     dev = resolve_device(device)
     target = prepare_target(adata, copy=copy)
-    tokens, lengths = get_tokens(target, clf.model, tokens_key)
+    tokens, lengths = get_tokens(target, clf.model, tokens_key, layer=layer, use_raw=use_raw)
     data_species = target.uns[tokens_key]["params"]["species"]
     kept = 1.0
     if data_species != clf.species:
@@ -329,7 +339,7 @@ def classify(
             cross_species=data_species != clf.species,
             mean_fraction_of_tokens_kept=kept,
             tokens_key=tokens_key,
-            layer=clf.layer,
+            hidden_layer=clf.layer,
             pooling="mean",
             device=dev,
             dtype="float32",

@@ -11,7 +11,16 @@ from .. import _logging as logg
 from .._keys import EMBEDDING_KEY, GENES_KEY, TOKENS_KEY
 from .._settings import settings
 from .._utils._docs import doc_params
-from ._utils import get_tokens, prepare_target, provenance, resolve_model, token_source, uns_key
+from ._utils import (
+    check_not_empty,
+    get_tokens,
+    prepare_target,
+    provenance,
+    resolve_model,
+    split_layer,
+    token_source,
+    uns_key,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,13 +41,15 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="cell", desc="embedding")
 
 
-@doc_params("doc_model", "doc_tokens_key", "doc_device", "doc_copy")
+@doc_params("doc_model", "doc_tokens_key", "doc_counts", "doc_device", "doc_copy")
 def embed(
     adata: AnnData,
     *,
     model: MixGeneformer | str | Path | None = None,
     tokens_key: str = TOKENS_KEY,
-    layer: int = DEFAULT_LAYER,
+    layer: str | None = None,
+    use_raw: bool = False,
+    hidden_layer: int = DEFAULT_LAYER,
     pooling: Literal["mean", "cls"] | None = None,
     device: str | None = None,
     dtype: str | None = None,
@@ -70,9 +81,13 @@ def embed(
         on the fly with the model's vocabulary (and stored under ``tokens_key``).
     {doc_model}
     {doc_tokens_key}
-    layer
+    {doc_counts}
+    hidden_layer
         Hidden state to pool: ``0`` = token embeddings, ``i`` = output of block ``i``, ``-1`` = last block,
         ``-2`` = second-to-last block (default; Geneformer's ``emb_layer=-1``). Later blocks are not computed.
+        Formerly ``layer=``: an integer ``layer`` still works, with a FutureWarning, until the next release. (Not
+        called ``emb_layer``: Geneformer's ``emb_layer`` counts from the second-to-last block, helical's from the
+        last, so the same number would mean different layers.)
     pooling
         ``"mean"`` over gene tokens (padding and special tokens excluded; Geneformer's ``emb_mode="cell"``) or
         ``"cls"`` (the ``<cls>`` position; ``emb_mode="cls"``; only for vocabularies whose rules put ``<cls>``
@@ -98,7 +113,7 @@ def embed(
     ``adata.obsm[key_added]`` : `numpy.ndarray` (float32, cells × hidden size)
         Cell embeddings (NaN rows for cells without gene tokens).
     ``adata.uns["mixgf"]["params"]`` : dict
-        Model name and weights sha256, vocabulary sha256, layer, pooling, device, dtype, number of processes
+        Model name and weights sha256, vocabulary sha256, hidden layer, pooling, device, dtype, number of processes
         (``world_size``), mixgf version.
 
     Examples
@@ -114,6 +129,9 @@ def embed(
     from ..engine._distributed import all_gather_rows, partition_cells, rank_world, use_distributed
     from ..engine._inference import embed_tokens
 
+    counts_layer, hidden_layer = split_layer(layer, hidden_layer if hidden_layer != DEFAULT_LAYER else None,
+                                             default=DEFAULT_LAYER)  # fmt: skip
+    check_not_empty(adata, "embed")
     mdl = resolve_model(model)
     rank, world = rank_world() if use_distributed(distributed) else (0, 1)
     dev = rank_device(device)
@@ -123,7 +141,7 @@ def embed(
         msg = f"pooling='cls' needs tokens that start with <cls>; the rules of vocabulary {mdl.vocab.name!r} add none."
         raise ValueError(msg)
     target = prepare_target(adata, copy=copy)
-    src = token_source(target, mdl, tokens_key)
+    src = token_source(target, mdl, tokens_key, layer=counts_layer, use_raw=use_raw)
     lengths = src.lengths
     where = "" if world == 1 else f" ({world} processes)"
     t0 = logg.info(f"embedding {target.n_obs:,} cells with model {mdl.name!r} on {dev}{where}")
@@ -131,7 +149,7 @@ def embed(
     n_special = int(mdl.vocab.rules.add_cls) + int(mdl.vocab.rules.add_eos)
     has_genes = lengths > n_special
     emb_kw = {
-        "layer": layer,
+        "layer": hidden_layer,
         "pooling": pooling,
         "special_ids": [int(i) for i in mdl.vocab.special_ids],
         "cls_id": mdl.vocab.id_of("cls") if pooling == "cls" else None,
@@ -179,7 +197,7 @@ def embed(
         "params": provenance(
             mdl,
             tokens_key=tokens_key,
-            layer=layer,
+            hidden_layer=hidden_layer,
             pooling=pooling,
             token_budget=token_budget,
             world_size=world,
@@ -191,14 +209,16 @@ def embed(
     return target if copy else None
 
 
-@doc_params("doc_model", "doc_tokens_key", "doc_device", "doc_copy")
+@doc_params("doc_model", "doc_tokens_key", "doc_counts", "doc_device", "doc_copy")
 def embed_genes(
     adata: AnnData,
     *,
     model: MixGeneformer | str | Path | None = None,
     mode: Literal["contextual", "static"] = "contextual",
     tokens_key: str = TOKENS_KEY,
-    layer: int = DEFAULT_LAYER,
+    layer: str | None = None,
+    use_raw: bool = False,
+    hidden_layer: int = DEFAULT_LAYER,
     device: str | None = None,
     token_budget: int | None = None,
     key_added: str = GENES_KEY,
@@ -213,11 +233,12 @@ def embed_genes(
     {doc_model}
     mode
         ``"static"``: the token's row of the input embedding table, the same in every dataset.
-        ``"contextual"``: the hidden state of the gene's token at ``layer``, averaged over every cell of ``adata``
+        ``"contextual"``: the hidden state of the gene's token at ``hidden_layer``, averaged over every cell of ``adata``
         where the gene is among the cell's tokens.
     {doc_tokens_key}
-    layer
-        Hidden state for ``mode="contextual"`` (see :func:`embed`).
+    {doc_counts}
+    hidden_layer
+        Hidden state for ``mode="contextual"`` (see :func:`embed`; formerly ``layer=``).
     {doc_device}
     token_budget
         Tokens per batch.
@@ -234,7 +255,7 @@ def embed_genes(
     ``adata.var[key_added + "_n_cells"]`` : int
         For ``mode="contextual"``: in how many cells the gene's token occurs.
     ``adata.uns[key_added]["params"]`` : dict
-        Model, mode, layer, …
+        Model, mode, hidden layer, …
 
     Examples
     --------
@@ -253,6 +274,10 @@ def embed_genes(
     if mode not in ("contextual", "static"):
         msg = f"mode must be 'contextual' or 'static', got {mode!r}."
         raise ValueError(msg)
+    counts_layer, hidden_layer = split_layer(layer, hidden_layer if hidden_layer != DEFAULT_LAYER else None,
+                                             default=DEFAULT_LAYER)  # fmt: skip
+    if mode == "contextual":
+        check_not_empty(adata, "average gene states over")
     mdl = resolve_model(model)
     dev = resolve_device(device)
     target = prepare_target(adata, copy=copy)
@@ -268,9 +293,9 @@ def embed_genes(
         table = table.numpy()
         n_cells = None
     else:
-        tokens, lengths = get_tokens(target, mdl, tokens_key)
+        tokens, lengths = get_tokens(target, mdl, tokens_key, layer=counts_layer, use_raw=use_raw)
         table, counts = token_state_means(
-            mdl.encoder, tokens, lengths, layer=layer, device=dev, token_budget=token_budget
+            mdl.encoder, tokens, lengths, layer=hidden_layer, device=dev, token_budget=token_budget
         )
         n_cells = np.where(col_tok >= 0, counts[np.maximum(col_tok, 0)], 0)
     out = np.full((target.n_vars, mdl.config.hidden_size), np.nan, dtype=np.float32)
@@ -281,7 +306,7 @@ def embed_genes(
         target.var[f"{key_added}_n_cells"] = n_cells
     target.uns[key_added] = {
         "params": provenance(
-            mdl, mode=mode, layer=layer if mode == "contextual" else "", tokens_key=tokens_key, device=dev
+            mdl, mode=mode, hidden_layer=hidden_layer if mode == "contextual" else "", tokens_key=tokens_key, device=dev
         )
     }
     logg.info(f"    added {key_added!r} (adata.varm) for {int(ok.sum()):,} genes in the vocabulary", start=t0)

@@ -16,7 +16,16 @@ import pandas as pd
 from .. import _logging as logg
 from .._keys import PERTURB_KEY, TOKENS_KEY, perturb_obsm_keys
 from .._settings import settings
-from ._utils import TokenSource, prepare_target, provenance, resolve_model, store_path, token_source
+from ._utils import (
+    TokenSource,
+    check_not_empty,
+    prepare_target,
+    provenance,
+    resolve_model,
+    split_layer,
+    store_path,
+    token_source,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -150,7 +159,12 @@ def _gene_sets(genes: Any, vocab: Any, species: str) -> list[list[Any]]:
         seen.add(key)
         for r in res:
             if r.via_ortholog is not None:
-                logg.info(f"    {r.query!r} mapped to its one-to-one {species} ortholog {r.symbol} ({r.ensembl_id})")
+                case = " (case-insensitive match)" if "case" in r.match else ""
+                logg.info(
+                    f"    {r.query!r} mapped to its one-to-one {species} ortholog {r.symbol} ({r.ensembl_id}){case}"
+                )
+            elif r.match != "exact":
+                logg.info(f"    {r.query!r} taken as {species} gene {r.symbol} ({r.ensembl_id}): {r.match} match")
         out.append(res)
     return out
 
@@ -169,7 +183,9 @@ def perturb(
     max_goal_cells: int = 2000,
     model: MixGeneformer | CellClassifier | str | Path | None = None,
     tokens_key: str = TOKENS_KEY,
-    layer: int | None = None,
+    layer: str | None = None,
+    use_raw: bool = False,
+    hidden_layer: int | None = None,
     pooling: Literal["mean", "cls"] = "mean",
     rank_shift: float | int = 0.25,
     test: TestName = "matched",
@@ -254,8 +270,14 @@ def perturb(
     tokens_key
         ``obsm`` key of the tokens.
     layer
+        AnnData layer with the raw counts, used only when the cells are tokenized on the fly (as in
+        :func:`mixgf.pp.rank_tokenize`); `None` reads ``adata.X``.
+    use_raw
+        Tokenize on the fly from ``adata.raw``.
+    hidden_layer
         Hidden state to pool (see :func:`mixgf.tl.embed`); `None`: the classifier's layer, else ``-1`` (last block,
-        as in Mix-Geneformer's perturbation analyses).
+        as in Mix-Geneformer's perturbation analyses). Formerly ``layer=``: an integer ``layer`` still works, with a
+        FutureWarning, until the next release.
     pooling
         ``"mean"`` or ``"cls"``.
     rank_shift
@@ -297,7 +319,7 @@ def perturb(
         ``p_adj``, ``test``, ``query``, ``via_ortholog``, ``control_genes`` (and ``goal_source``,
         ``goal_target`` with a goal), sorted by p-value. Read it with :func:`mixgf.get.perturb_df`.
     ``adata.uns[key_added]["params"]`` : dict
-        Model, layer, pooling, mode, goal, test, cell counts (selected, perturbed, skipped), copies embedded, time.
+        Model, hidden layer, pooling, mode, goal, test, cell counts (selected, perturbed, skipped), copies embedded, time.
     ``adata.obsm[key_added + "_shift"]`` : `pandas.DataFrame` (cells × genes)
         Per-cell shifts; NaN for cells not perturbed or not expressing the gene.
     ``adata.obsm[key_added + "_original"]`` : `numpy.ndarray` (cells × hidden)
@@ -326,12 +348,14 @@ def perturb(
 
     t_start = time.perf_counter()
     _check_options(mode, rank_shift, test, n_controls, inplace, copy)
+    counts_layer, hidden_layer = split_layer(layer, hidden_layer, default=None)
+    check_not_empty(adata, "perturb")
     if isinstance(model, CellClassifier):
         mdl = model.model
-        layer = model.layer if layer is None else layer
+        hidden_layer = model.layer if hidden_layer is None else hidden_layer
     else:
         mdl = resolve_model(model)
-    layer = DEFAULT_PERTURB_LAYER if layer is None else int(layer)
+    hidden_layer = DEFAULT_PERTURB_LAYER if hidden_layer is None else int(hidden_layer)
     dev = rank_device(settings.device if device is None else device)
     if inplace:
         target = prepare_target(adata, copy=copy)
@@ -339,7 +363,9 @@ def perturb(
         target = adata  # only read
     else:
         target = adata.copy()  # tokens computed on the fly go to a copy: adata stays untouched
-    src = token_source(target, mdl, tokens_key)  # obsm, or a token store (only the cells needed are read)
+    src = token_source(
+        target, mdl, tokens_key, layer=counts_layer, use_raw=use_raw
+    )  # obsm, or a token store (only the cells needed are read)
     species = str(target.uns[tokens_key]["params"]["species"])
     vocab = mdl.vocab
     n_front, n_back = int(vocab.rules.add_cls), int(vocab.rules.add_eos)
@@ -363,7 +389,7 @@ def perturb(
         control_pool=None if every_gene else vocab.gene_species == species,
         goal_tokens=None if goal_cells is None else src.take(goal_cells),
         goal_lengths=None if goal_cells is None else src.lengths[goal_cells],
-        max_len=vocab.rules.max_len, n_front=n_front, n_back=n_back, layer=layer, pooling=pooling,
+        max_len=vocab.rules.max_len, n_front=n_front, n_back=n_back, layer=hidden_layer, pooling=pooling,
         special_ids=vocab.special_ids, device=dev, dtype=dtype, token_budget=token_budget, distributed=distributed,
         return_embeddings=store_embeddings, progress=settings.progress_bar, seed=seed,
     )  # fmt: skip
@@ -384,7 +410,7 @@ def perturb(
         genes="all" if every_gene else [i["query"] for i in info],
         mode=mode,
         rank_shift=rank_shift,
-        layer=layer,
+        hidden_layer=hidden_layer,
         pooling=pooling,
         tokens_key=tokens_key,
         test=test,

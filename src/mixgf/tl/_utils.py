@@ -176,12 +176,43 @@ def _open_store(adata: AnnData, model: MixGeneformer, tokens_key: str, path: str
     return TokenSource(lengths, pad_id, store=store, rows=rows)
 
 
-def token_source(adata: AnnData, model: MixGeneformer, tokens_key: str) -> TokenSource:
+def check_not_empty(adata: AnnData, action: str) -> None:
+    """Refuse an AnnData without cells before anything is computed or written."""
+    if adata.n_obs == 0:
+        msg = f"adata has 0 cells: nothing to {action}. Check the filtering or subsetting that produced it."
+        raise ValueError(msg)
+
+
+def split_layer(layer: Any, hidden_layer: int | None, *, default: int | None) -> tuple[str | None, int | None]:
+    """``(counts layer, hidden layer)`` from a tool's ``layer`` and ``hidden_layer`` arguments.
+
+    ``layer`` names an AnnData layer, as everywhere in scanpy; an integer ``layer`` is the spelling of the
+    transformer layer before ``hidden_layer`` existed: accepted for one release with a FutureWarning.
+    """
+    if layer is None or isinstance(layer, str):
+        return layer, default if hidden_layer is None else int(hidden_layer)
+    if isinstance(layer, bool) or not isinstance(layer, int | np.integer):
+        msg = f"layer must name an AnnData layer (a str), got {layer!r}; the transformer layer is hidden_layer=."
+        raise TypeError(msg)
+    if hidden_layer is not None and int(hidden_layer) != int(layer):
+        msg = f"layer={layer} (the old spelling of hidden_layer) and hidden_layer={hidden_layer} disagree: pass only hidden_layer."
+        raise ValueError(msg)
+    logg.warn(
+        f"layer={int(layer)} as the transformer layer is deprecated and will be removed in the next release: pass "
+        f"hidden_layer={int(layer)}. layer= names the AnnData layer with the raw counts, as in scanpy.",
+        FutureWarning,
+    )
+    return None, int(layer)
+
+
+def token_source(
+    adata: AnnData, model: MixGeneformer, tokens_key: str, *, layer: str | None = None, use_raw: bool = False
+) -> TokenSource:
     """Where the tokens of every cell are.
 
     ``adata.obsm[tokens_key]``, or the token store named in ``adata.uns[tokens_key]["store"]`` (its vocabulary and
     cells checked against the model and ``adata``); tokenizes with the model's vocabulary (into ``obsm``) when
-    neither exists.
+    neither exists, reading the counts from ``layer`` or ``adata.raw`` (``use_raw``).
     """
     n_key, _ = tokens_obs_keys(tokens_key)
     path = store_path(adata, tokens_key)
@@ -191,7 +222,7 @@ def token_source(adata: AnnData, model: MixGeneformer, tokens_key: str) -> Token
         from ..pp import rank_tokenize
 
         logg.info(f"no tokens in adata.obsm[{tokens_key!r}]: tokenizing with the vocabulary of model {model.name!r}")
-        rank_tokenize(adata, vocab=model.vocab, key_added=tokens_key)
+        rank_tokenize(adata, vocab=model.vocab, key_added=tokens_key, layer=layer, use_raw=use_raw)
     params = adata.uns.get(tokens_key, {}).get("params", {})
     sha = params.get("vocab_sha256")
     if sha is not None and sha != model.vocab.sha256:
@@ -209,12 +240,14 @@ def token_source(adata: AnnData, model: MixGeneformer, tokens_key: str) -> Token
     return TokenSource(lengths, pad, tokens=tokens)
 
 
-def get_tokens(adata: AnnData, model: MixGeneformer, tokens_key: str) -> tuple[np.ndarray, np.ndarray]:
+def get_tokens(
+    adata: AnnData, model: MixGeneformer, tokens_key: str, *, layer: str | None = None, use_raw: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Tokens and lengths of every cell; tokenizes with the model's vocabulary when they are missing.
 
     Reads ``adata.obsm[tokens_key]``, or the whole token store named in ``adata.uns[tokens_key]["store"]``.
     """
-    src = token_source(adata, model, tokens_key)
+    src = token_source(adata, model, tokens_key, layer=layer, use_raw=use_raw)
     return src.all(), src.lengths
 
 

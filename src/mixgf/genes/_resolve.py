@@ -36,6 +36,10 @@ class ResolvedGene:
     via_ortholog
         Ensembl ID of the other species' gene the query named, when it was mapped through the one-to-one
         ortholog table (`None` otherwise).
+    match
+        How the query was matched: ``"exact"`` (symbol or Ensembl ID as given), or how it was not:
+        ``"case-insensitive"``, ``"version stripped"`` (an Ensembl ID with a version), ``"ortholog"``,
+        ``"ortholog, case-insensitive"``. Tools log every match that is not exact.
 
     Examples
     --------
@@ -52,6 +56,7 @@ class ResolvedGene:
     species: str
     token: int
     via_ortholog: str | None = None
+    match: str = "exact"
 
 
 def _candidates(name: str, species: str, *, ignore_case: bool) -> list[str]:
@@ -125,7 +130,9 @@ def resolve_genes(names: Sequence[str], vocab: Vocabulary, species: Species) -> 
         # exact names first, in the cells' species and then the other; case-insensitive symbols only after that
         cands = _candidates(name, species, ignore_case=False)
         foreign = [] if cands else _candidates(name, other, ignore_case=False)
+        case = False
         if not cands and not foreign:
+            case = True
             cands = _candidates(name, species, ignore_case=True)
             foreign = [] if cands else _candidates(name, other, ignore_case=True)
         if not cands:
@@ -150,6 +157,13 @@ def resolve_genes(names: Sequence[str], vocab: Vocabulary, species: Species) -> 
                 msg = f"Gene {what} is not a known {species} or {other} gene symbol or Ensembl ID."
             raise KeyError(msg + hint)
         gid = in_vocab[0]
+        match = "exact"
+        if via is not None:
+            match = "ortholog, case-insensitive" if case else "ortholog"
+        elif case:
+            match = "case-insensitive"
+        elif is_ensembl_id([name])[0] and name != gid:
+            match = "version stripped"
         out.append(
             ResolvedGene(
                 query=name,
@@ -158,6 +172,7 @@ def resolve_genes(names: Sequence[str], vocab: Vocabulary, species: Species) -> 
                 species=species,
                 token=int(vocab.token_ids([gid])[0]),
                 via_ortholog=via,
+                match=match,
             )
         )
     return out

@@ -81,21 +81,27 @@ def test_volcano_plots_one_point_per_gene_with_p(perturbed):
         assert f"{int((df['n_cells'] == 0).sum())} never perturbed" in ax.get_title()
 
 
-def test_volcano_labels_top_significant_genes(perturbed):
+def test_volcano_labels_top_genes_by_p_and_by_shift(perturbed):
+    """Labels go to the best p-values and the largest shifts, significant or not (as pertpy / decoupler)."""
     df = _results(perturbed)
-    keep = (df["n_cells"] > 0) & np.isfinite(df["p_adj"])
-    alpha = float(df.loc[keep, "p_adj"].max())  # every plotted gene is significant
-    ax = mgf.pl.perturb_volcano(perturbed, alpha=alpha, n_labels=2, show=False)
+    keep = (df["n_cells"] > 0) & np.isfinite(df["p_adj"]) & np.isfinite(df["shift_mean"])
+    shown = df.loc[keep]
+    ax = mgf.pl.perturb_volcano(perturbed, n_labels=2, show=False)
     labelled = [t.get_text() for t in ax.texts]
     assert len(labelled) == 2
-    best = df.loc[keep].sort_values("p_adj", kind="stable")
-    assert set(labelled) <= set(best.index[best["p_adj"] <= best["p_adj"].iloc[1]])
-    grey = [c for c in ax.collections if c.get_label().startswith("p_adj >")]
-    assert not grey, "no point is above alpha"
-    # nothing significant at a tiny alpha -> no labels, every point grey
-    ax0 = mgf.pl.perturb_volcano(perturbed, alpha=1e-300, show=False)
-    assert len(ax0.texts) == 0
+    by_p = shown.sort_values("p_adj", kind="stable").index[0]
+    rest = shown.drop(index=by_p)
+    by_shift = rest.index[np.argmax(np.abs(rest["shift_mean"].to_numpy()))]
+    assert labelled == [by_p, by_shift]
+    # nothing significant at a tiny alpha: every point grey, and the top genes are still named
+    ax0 = mgf.pl.perturb_volcano(perturbed, alpha=1e-300, n_labels=3, show=False)
+    assert len(ax0.texts) == min(3, len(shown))
     assert all(c.get_label().startswith("p_adj >") for c in ax0.collections if isinstance(c, PathCollection))
+    # the legend sits beside the axes, not on the data
+    fig = ax.figure
+    fig.canvas.draw()
+    leg = ax.get_legend().get_window_extent()
+    assert leg.x0 >= ax.bbox.x1
 
 
 def test_volcano_explicit_genes_ax_and_fig(perturbed):

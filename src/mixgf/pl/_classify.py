@@ -76,7 +76,7 @@ def confusion_matrix(
     tab = tab.reindex(columns=classes, fill_value=0)
     values = tab.div(tab.sum(axis=1).replace(0, 1), axis=0) if normalize else tab
     if ax is None:
-        fig, ax = plt.subplots(figsize=(0.5 * len(classes) + 2.5, 0.45 * len(tab) + 2))
+        fig, ax = plt.subplots(figsize=(0.5 * len(classes) + 2.5, 0.45 * len(tab) + 2), layout="constrained")
     else:
         fig = ax.figure
     im = ax.imshow(values.to_numpy(dtype=float), cmap="Blues", vmin=0, vmax=1 if normalize else None, aspect="auto")
@@ -152,7 +152,8 @@ def classify_scores(
     names = [g for g in pd.unique(groups[finite]) if g != "<NA>"]
     data = [score[(groups == g) & finite] for g in names]
     if ax is None:
-        fig, ax = plt.subplots(figsize=(0.45 * len(names) + 2.5, 3.5))
+        longest = max((len(str(n)) for n in names), default=0)  # rotated tick labels take height, not width
+        fig, ax = plt.subplots(figsize=(0.45 * len(names) + 2.5, 3.0 + 0.08 * longest), layout="constrained")
     else:
         fig = ax.figure
     ax.boxplot(data, tick_labels=names, showfliers=False)

@@ -10,7 +10,7 @@ import pandas as pd
 from .. import _logging as logg
 from .._keys import PERTURB_KEY
 from .._utils._docs import doc_params
-from ._utils import finish
+from ._utils import finish, place_labels
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -90,7 +90,9 @@ def perturb_volcano(
     alpha
         Significance level: colours the points and places the dashed line.
     n_labels
-        Label the ``n_labels`` significant genes with the smallest p-values (ignored when ``genes`` is given).
+        Label this many genes, significant or not: half of them the smallest p-values, the rest the largest
+        absolute shifts (``x``), as pertpy and decoupler do; the labels are placed so that they overlap neither
+        each other nor the points. Ignored when ``genes`` is given.
     genes
         Label these genes instead (they must be rows of the results).
     {doc_show}
@@ -148,7 +150,7 @@ def perturb_volcano(
     sig = pv[shown] <= alpha
 
     if ax is None:
-        fig, ax = plt.subplots(figsize=(4.5, 4))
+        fig, ax = plt.subplots(figsize=(5.8, 4), layout="constrained")  # room for the legend beside the axes
     else:
         fig = ax.figure
     kw = {"s": 14, "linewidths": 0, **scatter_kw}
@@ -157,7 +159,7 @@ def perturb_volcano(
         ax.scatter(xs[~sig], y[~sig], color="0.7", label=f"{p} > {alpha:g} ({int((~sig).sum())})", **kw)
     if sig.any():
         ax.scatter(xs[sig], y[sig], color=sig_color, label=f"{p} ≤ {alpha:g} ({int(sig.sum())})", **kw)
-    ax.axhline(-np.log10(alpha), color="0.4", linestyle="--", linewidth=0.8)
+    ax.axhline(-np.log10(alpha), color="0.4", linestyle="--", linewidth=0.8, label=f"{p} = {alpha:g}")
     if _has_goal(params) or x == "shift_vs_expected":
         ax.axvline(0, color="0.8", linewidth=0.8, zorder=0)
 
@@ -173,11 +175,10 @@ def perturb_volcano(
             logg.warn(f"Genes {not_shown} are not plotted (never perturbed, or no {p} / {x}); they get no label.")
         idx = [i for i, g in enumerate(gs) if g in set(wanted)]
     else:
-        cand = np.flatnonzero(sig)
-        order = np.lexsort((-np.abs(xs[cand]), pv[shown][cand]))
-        idx = cand[order][: max(int(n_labels), 0)].tolist()
-    for i in idx:
-        ax.annotate(str(gs[i]), (xs[i], y[i]), xytext=(3, 3), textcoords="offset points", fontsize=8)
+        n = max(int(n_labels), 0)
+        by_p = np.lexsort((-np.abs(xs), pv[shown]))[: (n + 1) // 2].tolist()
+        by_x = [i for i in np.argsort(-np.abs(xs), kind="stable") if i not in set(by_p)]
+        idx = by_p + by_x[: n - len(by_p)]
 
     shift = _shift_label(params)
     xlabel = {
@@ -193,8 +194,10 @@ def perturb_volcano(
     if notes:
         title += "\nnot shown: " + ", ".join(notes)
     ax.set_title(title, fontsize=10)
-    if len(xs):
-        ax.legend(fontsize=7, frameon=False, loc="best")
+    if len(xs):  # beside the axes, where its markers cannot be read as data points
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    if idx:
+        place_labels(ax, xs[idx], y[idx], [str(gs[i]) for i in idx], avoid=np.column_stack([xs, y]))
     return finish(fig, ax, show=show, return_fig=return_fig)
 
 
@@ -308,7 +311,8 @@ def perturb_shift(
     width = 0.8 / n_groups
 
     if ax is None:
-        fig, ax = plt.subplots(figsize=(max(3.0, 0.3 * len(genes) * n_groups + 0.6 * len(genes) + 1.5), 3.8))
+        width_in = max(3.0, 0.3 * len(genes) * n_groups + 0.6 * len(genes) + 1.5) + (1.5 if groupby else 0)
+        fig, ax = plt.subplots(figsize=(width_in, 3.8), layout="constrained")
     else:
         fig = ax.figure
     empty = []

@@ -87,9 +87,44 @@ def umap(
     if ax is not None and len(colors) > 1:
         msg = "pass one colour when giving ax=…"
         raise ValueError(msg)
+    if len(colors) > 1 and kwargs.get("legend_loc", "right margin") == "right margin" and "wspace" not in kwargs:
+        kwargs["wspace"] = _legend_wspace(plot_data, colors)
     out = sc.pl.embedding(
         plot_data, basis=basis, color=colors or None, ax=ax, show=False, return_fig=return_fig, **kwargs
     )
+    if plot_data is not adata:  # scanpy stored the palettes in the copy: keep them, as scanpy would
+        for c in colors:
+            if f"{c}_colors" in plot_data.uns and f"{c}_colors" not in adata.uns and c in adata.obs:
+                adata.uns[f"{c}_colors"] = plot_data.uns[f"{c}_colors"]
     if return_fig:
         return out
     return finish(None, out, show=show, return_fig=False)
+
+
+def _legend_wspace(adata: AnnData, colors: list[str]) -> float:
+    """Space between panels (a fraction of a panel's width, scanpy's ``wspace``) that fits the widest legend.
+
+    scanpy's default leaves ~0.75 inch for a right-margin legend, so longer category names run under the next
+    panel and its y label. This measures the longest category label (in points of the legend font, with the
+    marker and the gaps) and adds room for the next panel's y label; long legends get a second column as scanpy
+    does (more than 14 categories).
+    """
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextPath
+
+    fontsize = rcParams["legend.fontsize"]
+    size = FontProperties(size=fontsize).get_size_in_points() if isinstance(fontsize, str) else float(fontsize)
+    widest = 0.0
+    for c in colors:
+        col = adata.obs.get(c)
+        if col is None or (pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype)):
+            continue  # genes and continuous columns get a colour bar, not a legend
+        cats = adata.obs[c].astype("category").cat.categories.astype(str)
+        if not len(cats):
+            continue
+        longest = max(TextPath((0, 0), s, size=size).get_extents().width for s in cats)
+        ncol = 1 if len(cats) <= 14 else 2 if len(cats) <= 30 else 3
+        widest = max(widest, ncol * (longest + 3.5 * size))  # marker + gaps, per legend column
+    panel = rcParams["figure.figsize"][0]
+    return (widest / 72 + 0.6) / panel + 0.02  # legend + the next panel's y label and tick labels

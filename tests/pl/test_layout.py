@@ -124,5 +124,5 @@ def test_the_checker_sees_a_cut_off_legend(tmp_path):
     a1.scatter([0, 1], [0, 1], label="a very long category name, CD14+ Monocytes")
     a1.legend(loc="center left", bbox_to_anchor=(1, 0.5))
     a2.set_ylabel("second panel")
-    with pytest.raises(AssertionError, match="overlaps|outside the figure"):
+    with pytest.raises(AssertionError, match=r"overlaps|outside the figure"):
         assert_layout(fig, tmp_path / "bad.png")

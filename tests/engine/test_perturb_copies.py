@@ -135,3 +135,18 @@ def test_deleting_the_only_gene_is_not_scored(tiny):
     model = tiny[0]
     res = perturbation_shifts(model, np.array([[9, 0], [9, 10]]), [1, 2], [[9]], mode="delete")
     assert np.isnan(res.shifts[0, 0]) and np.isfinite(res.shifts[1, 0])
+
+
+def test_the_work_is_announced_before_it_starts_and_the_bar_counts_copies(tiny, capsys):
+    model, tokens, lengths = tiny
+    sets = [[5], [9], [12, 20]]
+    calls = []
+    res = perturbation_shifts(
+        model, tokens, lengths, sets, announce=lambda *a: calls.append(a), progress=True, chunk_tokens=1
+    )
+    assert len(calls) == 1
+    planned, cells, seconds = calls[0]
+    assert cells == tokens.shape[0] and seconds >= 0
+    assert planned >= res.n_copies > 0  # every copy made was planned (a cell's only gene cannot be deleted)
+    err = capsys.readouterr().err
+    assert f"{res.n_copies}/{res.n_copies}" in err and "copy" in err  # the bar counts embedded copies

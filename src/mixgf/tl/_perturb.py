@@ -392,6 +392,7 @@ def perturb(
         max_len=vocab.rules.max_len, n_front=n_front, n_back=n_back, layer=hidden_layer, pooling=pooling,
         special_ids=vocab.special_ids, device=dev, dtype=dtype, token_budget=token_budget, distributed=distributed,
         return_embeddings=store_embeddings, progress=settings.progress_bar, seed=seed,
+        announce=lambda n, c, sec, alone: _announce(n, c, sec, alone, test, dev),
     )  # fmt: skip
 
     never = np.flatnonzero(screen.stats["n_cells"].to_numpy() == 0)
@@ -450,6 +451,20 @@ def perturb(
     target.uns[key_added] = entry
     logg.info(f"    added {key_added!r} (adata.uns: results, params), {shift_key!r}, {original_key!r} (adata.obsm)")
     return target if copy else None
+
+
+def _announce(n: int, cells: int, seconds: float, alone: int, test: str, dev: Any) -> None:
+    """Say what the screen will do before the long part starts, with the estimate from the original cells."""
+
+    def dur(sec: float) -> str:
+        return f"{sec:.0f} s" if sec < 90 else f"{sec / 60:.0f} min"
+
+    msg = f"    {n:,} perturbed copies in {cells:,} cells, about {dur(seconds)} on {dev}"
+    if test == "matched" and n > alone > 0:
+        msg += (
+            f" (matched controls included; test='geneformer' needs {alone:,} copies, about {dur(seconds * alone / n)})"
+        )
+    logg.info(msg)
 
 
 def _check_options(mode: str, rank_shift: float | int, test: str, n_controls: int, inplace: bool, copy: bool) -> None:

@@ -18,6 +18,7 @@ genes has the same length, so copies of many cells share token-budget batches wi
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -27,7 +28,7 @@ from .._device import resolve_device
 from .._inference import embed_tokens
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import torch
 
@@ -226,6 +227,7 @@ def perturbation_shifts(
     chunk_tokens: int = 1 << 22,
     return_embeddings: bool = False,
     progress: bool = False,
+    announce: Callable[[int, int, float], None] | None = None,
 ) -> PerturbationResult:
     """Embed perturbed copies of many cells in bulk and measure how far each moves.
 
@@ -264,7 +266,11 @@ def perturbation_shifts(
     return_embeddings
         Also return every perturbed embedding (``N x n_sets x hidden`` floats).
     progress
-        Show a progress bar over cells.
+        Show a progress bar over the perturbed copies, moved after every small block of copies (the first within
+        seconds), so a long run never sits at 0.
+    announce
+        Called once before the copies are embedded with ``(copies planned, cells, estimated seconds)``; the
+        estimate scales the measured time of embedding the original cells by the tokens of the copies.
 
     Returns
     -------
@@ -317,8 +323,17 @@ def perturbation_shifts(
         "dtype": dtype,
         "token_budget": token_budget,
     }
+    t0 = time.perf_counter()
     if original is None:
         original = embed_tokens(model, tokens, lengths, **emb_kw) if n_cells else np.empty((0, hidden), np.float32)
+    t_orig = time.perf_counter() - t0
+    want_all = np.ones((n_cells, len(gene_sets)), dtype=bool) if applicable is None else np.asarray(applicable, bool)
+    planned = want_all.sum(axis=1)
+    if announce is not None:
+        per_token = t_orig / max(float(lengths.sum()), 1.0)
+        announce(int(planned.sum()), n_cells, per_token * float((planned * lengths).sum()))
+    if progress:  # small blocks, so that the bar moves from the first block on
+        chunk_tokens = min(chunk_tokens, 1 << 17)
     sets = [np.asarray(s, dtype=np.int64).ravel() for s in gene_sets]
     single = np.array([s.shape[0] == 1 for s in sets])
     single_tok = np.array([s[0] if s.shape[0] == 1 else -1 for s in sets], dtype=np.int64)
@@ -358,12 +373,14 @@ def perturbation_shifts(
             perturbed[cell_of, col_of] = emb
         n_copies += lens.shape[0]
         pending, pending_tokens = [], 0
+        if bar is not None:
+            bar.update(lens.shape[0])
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_cells, unit="cell", desc="perturbing")
+        bar = tqdm(total=int(planned.sum()), unit="copy", desc="perturbed copies")
     lookup = np.full(int(model.config.vocab_size), -1, dtype=np.int64)
     for i in range(n_cells):
         n = int(lengths[i])
@@ -405,9 +422,8 @@ def perturbation_shifts(
         lookup[genes] = -1
         if pending_tokens >= chunk_tokens:
             flush()
-        if bar is not None:
-            bar.update(1)
     flush()
     if bar is not None:
+        bar.total = bar.n  # copies that could not be made (a cell's only gene) are not waited for
         bar.close()
     return PerturbationResult(shifts=shifts, original=original, perturbed=perturbed, n_copies=n_copies)

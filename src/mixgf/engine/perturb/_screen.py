@@ -21,7 +21,7 @@ from ._copies import PerturbationResult, perturbation_shifts
 from ._stats import benjamini_hochberg, geneformer_test, matched_test, shift_summary
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import torch
 
@@ -112,6 +112,7 @@ def run_screen(
     return_embeddings: bool = False,
     progress: bool = False,
     seed: int = 0,
+    announce: Callable[[int, int, float, int], None] | None = None,
 ) -> ScreenResult:
     """Perturb gene sets in cells, embed the copies, and test each set against its rank-matched controls.
 
@@ -146,6 +147,11 @@ def run_screen(
         Also return every perturbed embedding.
     progress
         Progress bar (on the first process only).
+    announce
+        Called once, before the perturbed copies are embedded, with ``(copies, cells, estimated seconds, copies
+        without controls)``: the work planned (controls included), an estimate from the measured time of embedding
+        the original cells, and the copies the same genes need without matched controls (``test="geneformer"``).
+        Single-process runs only.
     seed
         Seed of the controls' placement and of the Geneformer test's pool.
 
@@ -187,8 +193,15 @@ def run_screen(
     if goal_tokens is not None:
         n_goal = int(goal_tokens.shape[0])
         centroid = _embed_shared(encoder, goal_tokens, np.asarray(goal_lengths), rank, world, emb_kw).mean(axis=0)
+    tell = None
+    if announce is not None and world == 1:
+        n_alone = int(np.asarray(applicable)[:, :n_tested].sum())
+
+        def tell(n: int, cells: int, seconds: float) -> None:
+            announce(n, cells, seconds, n_alone)
+
     res = _shifts_shared(
-        encoder, tokens, lengths, all_sets, rank, world, mode=mode, applicable=want, goal=centroid,
+        encoder, tokens, lengths, all_sets, rank, world, mode=mode, applicable=want, goal=centroid, announce=tell,
         rank_shift=rank_shift, max_len=max_len, n_front=n_front, n_back=n_back, return_embeddings=return_embeddings,
         progress=progress and rank == 0, **emb_kw,
     )  # fmt: skip

@@ -33,6 +33,13 @@ tokens_key
     "doc_device": """\
 device
         Torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, …); `None` uses :attr:`mixgf.settings.device`.""",
+    "doc_pool_ids": """\
+special_ids
+        Token ids excluded from the mean (``<cls>``, ``<eos>``, …).
+    pad_token_id
+        Padding id, also excluded from the mean.
+    cls_id
+        With ``method="cls"``, check that every sequence starts with this id.""",
     "doc_copy": """\
 copy
         Return a modified copy instead of writing into ``adata``.""",

@@ -39,6 +39,13 @@ layer
         :func:`mixgf.pp.rank_tokenize`; e.g. ``"counts"``); `None` reads ``adata.X``.
     use_raw
         Tokenize on the fly from ``adata.raw`` (see :func:`mixgf.pp.rank_tokenize`).""",
+    "doc_pool_ids": """\
+special_ids
+        Token ids excluded from the mean (``<cls>``, ``<eos>``, …).
+    pad_token_id
+        Padding id, also excluded from the mean.
+    cls_id
+        With ``method="cls"``, check that every sequence starts with this id.""",
     "doc_copy": """\
 copy
         Return a modified copy instead of writing into ``adata``.""",

@@ -7,6 +7,8 @@ from typing import Literal
 
 import torch
 
+from .._utils._docs import doc_params
+
 __all__ = ["Pooling", "gene_token_mask", "pool_packed", "pool_padded"]
 
 #: Pooling methods: mean over gene tokens, or the hidden state of the ``<cls>`` token.
@@ -62,6 +64,7 @@ def _check_cls(first_tokens: torch.Tensor, cls_id: int | None) -> None:
         raise ValueError(msg)
 
 
+@doc_params("doc_pool_ids")
 def pool_padded(
     hidden: torch.Tensor,
     input_ids: torch.Tensor,
@@ -85,12 +88,7 @@ def pool_padded(
     method
         ``"mean"``: average over gene tokens (excluding padding, ``pad_token_id`` and ``special_ids``);
         a sequence without any gene token gets a zero vector. ``"cls"``: the hidden state at position 0.
-    special_ids
-        Token ids excluded from the mean.
-    pad_token_id
-        Padding id excluded from the mean.
-    cls_id
-        With ``method="cls"``, check that every sequence starts with this id.
+    {doc_pool_ids}
 
     Returns
     -------
@@ -120,6 +118,7 @@ def pool_padded(
     return summed / counts
 
 
+@doc_params("doc_pool_ids")
 def pool_packed(
     hidden: torch.Tensor,
     input_ids: torch.Tensor,
@@ -142,12 +141,7 @@ def pool_packed(
         ``[B + 1]`` cumulative lengths.
     method
         ``"mean"`` or ``"cls"`` (first token of each sequence), as in :func:`pool_padded`.
-    special_ids
-        Token ids excluded from the mean.
-    pad_token_id
-        Padding id excluded from the mean.
-    cls_id
-        With ``method="cls"``, check that every sequence starts with this id.
+    {doc_pool_ids}
 
     Returns
     -------

@@ -16,6 +16,7 @@ import pandas as pd
 from .. import _logging as logg
 from .._keys import PERTURB_KEY, TOKENS_KEY, perturb_obsm_keys
 from .._settings import settings
+from ..engine.perturb._stats import STAT_COLUMNS
 from ._utils import (
     TokenSource,
     check_not_empty,
@@ -46,15 +47,7 @@ _RESULT_COLUMNS = [
     "ensembl_id",
     "species",
     "mode",
-    "n_cells",
-    "shift_mean",
-    "shift_median",
-    "shift_sd",
-    "expected_shift",
-    "shift_vs_expected",
-    "n_controls",
-    "p_value",
-    "p_adj",
+    *STAT_COLUMNS,
     "test",
     "query",
     "via_ortholog",
@@ -567,8 +560,6 @@ def _results_table(
     goal: tuple[str, str | None, str] | None,
 ) -> pd.DataFrame:
     """The results DataFrame: names, the screen's statistics and the controls' names, sorted by p-value."""
-    from ..engine.perturb._screen import STAT_COLUMNS
-
     controls = [";".join("+".join(_symbols(symbol_table, np.array(c))) for c in ctrl) for ctrl in screen.controls]
     df = pd.DataFrame(
         {

@@ -18,7 +18,7 @@ from .._distributed import all_gather_rows, all_reduce_scalar, partition_cells, 
 from .._inference import embed_tokens
 from ._controls import applicable_pairs, choose_controls, control_columns, rank_matrix
 from ._copies import PerturbationResult, perturbation_shifts
-from ._stats import benjamini_hochberg, geneformer_test, matched_test, shift_summary
+from ._stats import STAT_COLUMNS, benjamini_hochberg, geneformer_test, matched_test, shift_summary
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -31,18 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["STAT_COLUMNS", "ScreenResult", "run_screen"]
 
 TestName = Literal["matched", "geneformer", "none"]
-#: Columns of :attr:`ScreenResult.stats`, one row per tested gene set.
-STAT_COLUMNS = [
-    "n_cells",
-    "shift_mean",
-    "shift_median",
-    "shift_sd",
-    "expected_shift",
-    "shift_vs_expected",
-    "n_controls",
-    "p_value",
-    "p_adj",
-]
 
 
 @dataclass

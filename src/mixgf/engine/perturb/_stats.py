@@ -9,7 +9,20 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["benjamini_hochberg", "geneformer_test", "matched_test", "shift_summary"]
+__all__ = ["STAT_COLUMNS", "benjamini_hochberg", "geneformer_test", "matched_test", "shift_summary"]
+
+#: Columns of :attr:`ScreenResult.stats`, one row per tested gene set.
+STAT_COLUMNS = [
+    "n_cells",
+    "shift_mean",
+    "shift_median",
+    "shift_sd",
+    "expected_shift",
+    "shift_vs_expected",
+    "n_controls",
+    "p_value",
+    "p_adj",
+]
 
 
 def shift_summary(

@@ -170,7 +170,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-stereoscope", action="store_true")
     ap.add_argument("--epochs", type=int, nargs=2, default=(100, 2000), metavar=("RNA", "SPATIAL"))
-    ap.add_argument("--her2st-sections", default="B1,C3,D2,G2")
+    ap.add_argument("--her2st-sections", default="B1")
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()

@@ -13,6 +13,8 @@ any fp32 implementation could go on the machine it runs on, in one run:
    embeddings, LayerNorm, softmax and pooling are not counted (they only add time). mixgf's work is what it runs:
    the layers up to the one pooled, no padding, no MLM head. The Geneformer way's work adds the MLM head on every
    position (``2 h^2 + 2 h V``, ``V`` = 25,426), every layer, and its padding;
+   The same products and attention in bf16 are measured too (``F.linear`` / SDPA on bf16 tensors, as autocast
+   runs them), with a bf16 peak bound; on CPUs without AVX512-BF16 or AMX they are slower than fp32;
 3. **bounds** for mixgf: the *peak bound* = all of its arithmetic at the peak matrix-product rate (no fp32
    implementation on this machine can be faster); the *kernel bound* = projections at the oneDNN rate of their
    shapes plus attention at the measured fused-attention rate for each sequence's length (linear interpolation
@@ -104,7 +106,33 @@ def kernel_rates() -> dict:
         q, k, v = (torch.randn(batch, HEADS, length, H // HEADS, generator=gen) for _ in range(3))
         flops = batch * 4 * H * length * length
         attention[length] = flops / timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v)) / 1e9
-    return {"linear": rates, "attention": attention, "onednn": onednn}
+    return {"linear": rates, "attention": attention, "onednn": onednn, "bf16": bf16_rates()}
+
+
+def bf16_rates() -> dict:
+    """GFLOP/s of bf16 matrix products (V1 shapes, 8,192 rows, as autocast runs them) and bf16 fused attention.
+
+    On a CPU without native bf16 (no AVX512-BF16 or AMX) torch converts to fp32 and back, so these are slower than
+    fp32; there they are measured briefly (0.5 s each) only to show it.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from mixgf.model import cpu_supports_bf16
+
+    native = cpu_supports_bf16()
+    seconds = 2.0 if native else 0.5
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"qkv": (H, 3 * H), "attn_out": (H, H), "ffn_in": (H, FFN), "ffn_out": (FFN, H)}
+    rates = {}
+    for name, (k, n) in shapes.items():
+        x, w = torch.randn(ROWS, k, generator=gen).bfloat16(), torch.randn(n, k, generator=gen).bfloat16()
+        b = torch.randn(n, generator=gen).bfloat16()
+        rates[name] = 2 * ROWS * k * n / timed(lambda x=x, w=w, b=b: F.linear(x, w, b), seconds) / 1e9
+    length = 821  # the mean full-length pbmc3k cell
+    q, k, v = (torch.randn(16, HEADS, length, H // HEADS, generator=gen).bfloat16() for _ in range(3))
+    att = 16 * 4 * H * length * length / timed(lambda: F.scaled_dot_product_attention(q, k, v), seconds) / 1e9
+    return {"native": native, "linear": rates, "attention_821": att, "peak": max(rates.values())}
 
 
 def linear_flops(tokens: float) -> float:
@@ -325,6 +353,22 @@ def section(info: str, rates: dict, rows: list[dict], args: argparse.Namespace) 
             f"{w['reference_total'] / n / 1e9:.2f} | {peak_rate:.1f} | {kernel_rate:.1f} | {ref_rate:.2f} | {mix} | "
             f"**{peak_rate / ref_rate:.1f}x** | {GOALS[r['name']]} |"
         )
+    bf = rates["bf16"]
+    bf_bounds = ", ".join(f"{r['name']} {r['w']['n'] / (r['w']['mixgf_total'] / (bf['peak'] * 1e9)):.1f}" for r in rows)
+    lines += [
+        "",
+        'bf16 (what `dtype="bf16"` runs; `dtype="auto"` picks it only where the CPU has native bf16): this CPU '
+        + (
+            "has native bf16 (AVX512-BF16 or AMX). "
+            if bf["native"]
+            else "has **no** native bf16 (no AVX512-BF16, no AMX): torch converts bf16 to fp32 and back, so bf16 is "
+            'slower than fp32 here and `dtype="auto"` stays fp32. '
+        )
+        + "bf16 matrix products (8,192 token rows), GFLOP/s: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in bf["linear"].items())
+        + f"; bf16 fused attention at 821 tokens {bf['attention_821']:.0f}. bf16 peak bound (all of mixgf's "
+        f"arithmetic at the fastest bf16 product rate), units/s: {bf_bounds}.",
+    ]
     lines += [
         "",
         "Peak bound: all of mixgf's arithmetic at the fastest matrix-product rate measured above; no fp32 "

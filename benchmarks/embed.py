@@ -48,6 +48,7 @@ Usage::
     python benchmarks/embed.py                                  # V1, 256 cells, max length 2,048, this CPU
     python benchmarks/embed.py --max-len 2048,512 --sizes v1,l12
     python benchmarks/embed.py --device cuda --cells 3000       # GPU: bf16 packed path, Geneformer batch 100
+    python benchmarks/embed.py --mixgf-dtype bf16 --hf-dtype bf16   # CPU: mixgf and transformers both in bf16
 
 This is a benchmark, not a test: it asserts nothing.
 """
@@ -253,6 +254,8 @@ class Runner:
                 model = BertForMaskedLM.from_pretrained(ckpt, output_hidden_states=True, output_attentions=False)
             else:
                 dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+                if self.args.hf_dtype:
+                    dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16}.get(self.args.hf_dtype, torch.float32)
                 model = BertModel.from_pretrained(
                     ckpt, add_pooling_layer=False, attn_implementation="sdpa", dtype=dtype
                 )
@@ -267,7 +270,12 @@ class Runner:
 
             adata = self.adata if sl == slice(None) else self.adata[sl].copy()
             mgf.tl.embed(
-                adata, model=self.model, hidden_layer=LAYER, device=self.device, token_budget=self.args.token_budget
+                adata,
+                model=self.model,
+                hidden_layer=LAYER,
+                device=self.device,
+                token_budget=self.args.token_budget,
+                dtype=self.args.mixgf_dtype,
             )
             return np.asarray(adata.obsm["X_mixgf"])
         tokens, lengths = self.tokens[sl], self.lengths[sl]
@@ -344,6 +352,10 @@ def run_child(method: str, size: str, max_len: int, workdir: Path, args: argpars
     ]  # fmt: skip
     if args.token_budget:
         cmd += ["--token-budget", str(args.token_budget)]
+    if args.mixgf_dtype:
+        cmd += ["--mixgf-dtype", args.mixgf_dtype]
+    if args.hf_dtype:
+        cmd += ["--hf-dtype", args.hf_dtype]
     subprocess.run(cmd, env=env, check=True)
     return json.loads((workdir / f"result_{method}_{size}_{max_len}.json").read_text())
 
@@ -415,6 +427,11 @@ def section(info: dict, runs: list[dict], args: argparse.Namespace, command: str
         )
         + f", without its Hugging Face `datasets` overhead. mixgf: token budget {mixgf_budget(args):,}. "
         + f"HF fast: batches of at most {args.hf_budget:,} padded tokens. "
+        + (
+            f"dtypes: mixgf {args.mixgf_dtype or 'auto (its default)'}, HF fast {args.hf_dtype or 'default'}. "
+            if args.mixgf_dtype or args.hf_dtype
+            else ""
+        )
         + "Memory: peak RSS above the RSS before the call (MB)"
         + (", and peak GPU memory allocated." if args.device.startswith("cuda") else ".")
         + " Cosine: per-cell cosine similarity with the Geneformer way's embedding (min / mean).",
@@ -477,6 +494,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--token-budget", type=int, default=None, help="token budget of mixgf (default: mixgf's default)")
     p.add_argument(
         "--hf-budget", type=int, default=None, help="token budget of hf-fast (default 2,048 CPU, 65,536 CUDA)"
+    )
+    p.add_argument("--mixgf-dtype", default=None, help="mixgf's dtype (default: its 'auto'; e.g. bf16, float32)")
+    p.add_argument(
+        "--hf-dtype", default=None, help="hf-fast's dtype: bf16 or float32 (default: bf16 on CUDA, fp32 on CPU)"
     )
     p.add_argument("--methods", default="geneformer,mixgf,hf-fast", help=f"comma-separated, from {','.join(METHODS)}")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the Markdown section")

@@ -36,3 +36,10 @@ PERTURB_KEY = "mixgf_perturb"
 def perturb_obsm_keys(key: str) -> tuple[str, str]:
     """Names of the ``obsm`` entries written next to ``uns[key]``: (per-cell shifts, original embeddings)."""
     return f"{key}_shift", f"{key}_original"
+
+
+PROTOTYPES_KEY = "mixgf_prototypes"
+"""``varm`` key of the cell-type prototypes (genes x types) and ``uns`` key of their types and parameters."""
+
+FRACTIONS_KEY = "mixgf_fractions"
+"""``obsm`` key of the cell-type fractions of mixtures (bulk samples or spots) and ``uns`` key of the fit."""

@@ -95,6 +95,21 @@ def test_resume_gives_the_same_run(tmp_path):
         assert torch.equal(p, q), n
 
 
+@pytest.mark.parametrize(("native", "want"), [(False, "float32"), (True, "bfloat16")])
+def test_auto_dtype_on_cpu_is_bf16_only_with_native_bf16(tmp_path, monkeypatch, mixgf_log, native, want):
+    from mixgf.engine import _device
+
+    monkeypatch.setattr(_device, "cpu_supports_bf16", lambda: native)
+    cfg = PretrainConfig(steps=2, token_budget=200, max_cells=8, warmup_steps=1, log_every=1)
+    _, hist = pretrain_encoder(_model(), _corpus(), cfg, out_dir=tmp_path, device="cpu")
+    assert f"pre-training on cpu in {want}" in mixgf_log.text
+    assert all(np.isfinite(h["loss"]) for h in hist)
+    manifest = json.loads((latest_checkpoint(tmp_path) / "manifest.json").read_text())
+    assert manifest["metadata"]["compute_dtype"] == want
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        pretrain_encoder(_model(), _corpus(), PretrainConfig(steps=1, dtype="float16"), out_dir=tmp_path / "h")
+
+
 def test_refuses_without_orthologs_or_head(tmp_path):
     with pytest.raises(ValueError, match="ortholog_map"):
         pretrain_encoder(_model(), _corpus(), PretrainConfig(steps=1, xspec_weight=1.0), out_dir=tmp_path)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from pathlib import Path
 
 import torch
 
 from .._settings import settings
 
-__all__ = ["rank_device", "resolve_device", "resolve_dtype"]
+__all__ = ["cpu_supports_bf16", "rank_device", "resolve_device", "resolve_dtype"]
+
+#: ``/proc/cpuinfo`` flags of native bf16 matrix arithmetic: AVX512-BF16 dot products and AMX tiles.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 _DTYPE_NAMES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -20,6 +25,53 @@ _DTYPE_NAMES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
     "half": torch.float16,
 }
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (first processor); empty where the file does not exist."""
+    try:
+        with Path("/proc/cpuinfo").open() as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def _torch_cpu_bf16() -> bool:
+    """What torch's cpuinfo says: AVX512-BF16 or AMX tiles (private helpers; False where they are missing)."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    for check in checks:
+        try:
+            if check is not None and check():
+                return True
+        except Exception:  # noqa: BLE001 - a private helper that fails means "not detected"
+            continue
+    return False
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX), so that bf16 pays off there.
+
+    bf16 runs on every CPU, but without these instructions torch converts to fp32 and back and bf16 is slower than
+    fp32. Read from torch's CPU feature detection and from the ``flags`` of ``/proc/cpuinfo`` (either suffices).
+    ``torch.backends.cpu.get_cpu_capability()`` alone cannot tell: it says ``"AVX512"`` with or without bf16.
+
+    Returns
+    -------
+    bool
+        ``True`` on CPUs with AVX512-BF16 or AMX (e.g. Intel Cooper Lake and Sapphire Rapids or later, AMD Zen 4
+        or later), ``False`` elsewhere (AVX2-only CPUs, Arm).
+
+    Examples
+    --------
+    >>> from mixgf.model import cpu_supports_bf16
+    >>> isinstance(cpu_supports_bf16(), bool)
+    True
+    """
+    return _torch_cpu_bf16() or any(flag in _cpu_flags() for flag in CPU_BF16_FLAGS)
 
 
 def _local_cuda_index() -> int:
@@ -105,8 +157,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     Parameters
     ----------
     dtype
-        ``None`` or ``"auto"`` picks bf16 autocast on CUDA devices that support it and fp32 otherwise;
-        strings such as ``"bf16"``, ``"float16"``, ``"fp32"`` or a :class:`torch.dtype` are accepted.
+        ``None`` or ``"auto"`` picks bf16 autocast on CUDA devices that support it and on CPUs with native bf16
+        matrix arithmetic (AVX512-BF16 or AMX, see :func:`cpu_supports_bf16`), and fp32 otherwise. Under bf16 the
+        encoder's matrix products and attention run in bf16 (fp32 accumulation inside the kernels), LayerNorm,
+        the residual stream and pooling in fp32. Strings such as ``"bf16"``, ``"float16"``, ``"fp32"`` or a
+        :class:`torch.dtype` are accepted; an explicit dtype is always used as given (bf16 runs on every CPU,
+        slowly where the CPU has no native bf16).
     device
         Target device.
 
@@ -119,13 +175,18 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     --------
     >>> import torch
     >>> from mixgf.model import resolve_dtype
-    >>> resolve_dtype(None, torch.device("cpu"))
+    >>> resolve_dtype("float32", torch.device("cpu"))
     torch.float32
+    >>> from mixgf.model import cpu_supports_bf16
+    >>> resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_supports_bf16() else torch.float32)
+    True
     >>> resolve_dtype("bf16", torch.device("cpu"))
     torch.bfloat16
     """
     if dtype is None or (isinstance(dtype, str) and dtype.lower() == "auto"):
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and cpu_supports_bf16():
             return torch.bfloat16
         return torch.float32
     if isinstance(dtype, str):

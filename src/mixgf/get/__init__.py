@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from ._perturb import perturb_df
+from ._prototypes import prototypes
 
-__all__ = ["perturb_df"]
+__all__ = ["perturb_df", "prototypes"]

@@ -26,7 +26,7 @@ Main entry points
 from __future__ import annotations
 
 from ..engine._batching import make_batches
-from ..engine._device import rank_device, resolve_device, resolve_dtype
+from ..engine._device import cpu_supports_bf16, rank_device, resolve_device, resolve_dtype
 from ..engine._distributed import (
     all_gather_rows,
     all_reduce_scalar,
@@ -93,6 +93,7 @@ __all__ = [
     "all_gather_rows",
     "all_reduce_scalar",
     "check_state_dict",
+    "cpu_supports_bf16",
     "describe",
     "embed_tokens",
     "expected_state_shapes",

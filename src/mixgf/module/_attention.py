@@ -1,10 +1,12 @@
-"""Attention kernels of the encoder: varlen flash attention (CUDA) and the fast fp32 CPU inference path.
+"""Attention kernels of the encoder: varlen flash attention (CUDA) and the fast CPU inference path.
 
-fp32 inference on the CPU (no autograd, eval mode, no autocast, :attr:`mixgf.settings.cpu_fast_path` on) packs the
-padded batch (no compute is spent on padding), runs attention without a mask through torch's fused kernel, one call
-per sequence or per run of equal-length sequences, and on x86 computes the matrix products with oneDNN
-(``torch.ops.mkldnn._linear_pointwise``, about twice as fast as MKL's sgemm on AMD CPUs) with the ReLU and the
-residual additions fused into them. It computes the same function in fp32 (differences of the order of 1e-6).
+Inference on the CPU (no autograd, eval mode, no autocast or bf16 autocast, :attr:`mixgf.settings.cpu_fast_path`
+on) packs the padded batch (no compute is spent on padding) and runs attention without a mask through torch's fused
+kernel, one call per sequence or per run of equal-length sequences. In fp32 it computes the matrix products on x86
+with oneDNN (``torch.ops.mkldnn._linear_pointwise``, about twice as fast as MKL's sgemm on AMD CPUs) with the ReLU
+and the residual additions fused into them, and computes the same function (differences of the order of 1e-6).
+Under bf16 autocast the matrix products and attention run in bf16 through autocast (oneDNN's bf16 kernels, fp32
+accumulation), the residual stream and LayerNorm stay fp32.
 """
 
 from __future__ import annotations
@@ -83,13 +85,18 @@ def _varlen_attention(
 # --------------------------------------------------------------------------------------------------
 
 
+def _cpu_autocast_bf16() -> bool:
+    """Whether CPU autocast to bf16 is on."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
 def _use_cpu_fast_path(module: nn.Module, x: torch.Tensor) -> bool:
-    """fp32 inference on the CPU: no autograd, eval mode, no autocast, and :attr:`mixgf.settings.cpu_fast_path`."""
+    """Inference on the CPU: no autograd, eval mode, fp32 or bf16 autocast, :attr:`mixgf.settings.cpu_fast_path`."""
     return (
         x.device.type == "cpu"
         and not module.training
         and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
+        and (not torch.is_autocast_enabled("cpu") or _cpu_autocast_bf16())
         and settings.cpu_fast_path
     )
 
@@ -124,8 +131,8 @@ def _onednn_linear_available() -> bool:
 
 
 def _cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False) -> torch.Tensor:
-    """``x @ weight.T + bias`` (then ReLU) for fp32 CPU inference; ``weight`` must be contiguous."""
-    if _onednn_linear_available() and x.dtype == weight.dtype == torch.float32:
+    """``x @ weight.T + bias`` (then ReLU) for CPU inference (under bf16 autocast: a bf16 product)."""
+    if _onednn_linear_available() and x.dtype == weight.dtype == torch.float32 and not _cpu_autocast_bf16():
         # A non-contiguous weight makes oneDNN very slow (not wrong).
         weight = weight if weight.is_contiguous() else weight.contiguous()
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
@@ -134,8 +141,9 @@ def _cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 def _cpu_linear_add(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``x @ weight.T + bias + residual`` for fp32 CPU inference."""
-    if _onednn_linear_available() and x.dtype == weight.dtype == residual.dtype == torch.float32:
+    """``x @ weight.T + bias + residual`` for CPU inference (under bf16 autocast: a bf16 product, fp32 sum)."""
+    fp32 = x.dtype == weight.dtype == residual.dtype == torch.float32
+    if _onednn_linear_available() and fp32 and not _cpu_autocast_bf16():
         weight = weight if weight.is_contiguous() else weight.contiguous()
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
     return F.linear(x, weight, bias) + residual
@@ -148,7 +156,7 @@ def _round_up(n: int, quantum: int) -> int:
 
 
 def _cpu_attention(qkv: torch.Tensor, bounds: list[int], num_heads: int, head_dim: int) -> torch.Tensor:
-    """Unmasked softmax attention of every packed sequence (fp32 CPU inference).
+    """Unmasked softmax attention of every packed sequence (CPU inference, fp32 or bf16).
 
     Consecutive sequences of equal length (e.g. the perturbed copies of one cell) go through one batched
     ``scaled_dot_product_attention`` call, other sequences one call each: no padding, no mask, and torch's fused

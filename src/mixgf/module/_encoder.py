@@ -9,12 +9,13 @@ Two forward paths share the same weights:
   it uses :func:`torch.nn.attention.varlen.varlen_attn`; elsewhere it falls back to one SDPA
   call per sequence.
 
-fp32 inference on the CPU (no autograd, eval mode, no autocast) takes a fast path: the padded
+Inference on the CPU (no autograd, eval mode, fp32 or bf16 autocast) takes a fast path: the padded
 batch is packed internally (no compute is spent on padding), attention runs without a mask through
 torch's fused kernel, one call per sequence or per run of equal-length sequences, and on x86 the
 matrix products use oneDNN (``torch.ops.mkldnn._linear_pointwise``, about twice as fast as MKL's
-sgemm on AMD CPUs) with the ReLU and the residual additions fused into them. It computes the same function in fp32
-(differences of the order of 1e-6) and can be switched off with :attr:`mixgf.settings.cpu_fast_path`
+sgemm on AMD CPUs) with the ReLU and the residual additions fused into them (in fp32; under bf16 autocast the
+products run in bf16 through autocast). It computes the same function (in fp32, differences of the order of 1e-6)
+and can be switched off with :attr:`mixgf.settings.cpu_fast_path`
 (default: the environment variable ``MIXGF_CPU_FAST_PATH``). The kernels live in ``_attention``, the blocks in
 ``_layers``.
 """

@@ -170,7 +170,7 @@ class EncoderLayer(nn.Module):
         return self._post_attention(x, ctx.reshape(t, h))
 
     def _forward_packed_cpu(self, x: torch.Tensor, bounds: list[int]) -> torch.Tensor:
-        """fp32 CPU inference on packed sequences (same function as the generic path, faster kernels)."""
+        """CPU inference on packed sequences, fp32 or bf16 autocast (same function as the generic path, faster)."""
         x = x.contiguous()
         # Fold the softmax scale into the q rows of the projection (exact when head_dim is a power of 4).
         h = x.shape[1]

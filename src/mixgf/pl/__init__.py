@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from ._classify import classify_scores, confusion_matrix
+from ._fractions import fractions, fractions_vs_truth
 from ._perturb import perturb_shift, perturb_volcano
 from ._umap import umap
 
-__all__ = ["classify_scores", "confusion_matrix", "perturb_shift", "perturb_volcano", "umap"]
+__all__ = [
+    "classify_scores",
+    "confusion_matrix",
+    "fractions",
+    "fractions_vs_truth",
+    "perturb_shift",
+    "perturb_volcano",
+    "umap",
+]

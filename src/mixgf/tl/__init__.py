@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ._classify import classify, train_classifier
+from ._deconvolve import deconvolve, prototypes
 from ._embed import embed, embed_genes
 from ._perturb import perturb
 from ._umap import umap
 
-__all__ = ["classify", "embed", "embed_genes", "perturb", "train_classifier", "umap"]
+__all__ = ["classify", "deconvolve", "embed", "embed_genes", "perturb", "prototypes", "train_classifier", "umap"]

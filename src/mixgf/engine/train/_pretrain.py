@@ -26,7 +26,7 @@ from ...module._checkpoint import load_model_dir, save_model_dir
 from ...module._encoder import BertEncoderModel
 from ...module._losses import info_nce, mask_tokens
 from .._batching import make_batches
-from .._device import resolve_device
+from .._device import resolve_device, resolve_dtype
 from .._forward import autocast, encode, encode_pooled, pool, rows_batch
 from ._corpus import ConcatRows, PaddedRows, RowSource, TokenCorpus, batch_loader
 
@@ -79,7 +79,8 @@ class PretrainConfig:
     seed
         Seed of all randomness.
     dtype
-        ``"float32"`` or ``"bfloat16"`` (autocast; CUDA only); ``"auto"`` = bf16 on CUDA, fp32 on CPU.
+        ``"float32"`` or ``"bfloat16"`` (autocast); ``"auto"`` = bf16 on CUDA and on CPUs with native bf16
+        (AVX512-BF16 or AMX, :func:`~mixgf.model.cpu_supports_bf16`), fp32 elsewhere (:func:`~mixgf.model.resolve_dtype`).
     log_every, checkpoint_every
         Logging and checkpoint intervals in steps (``checkpoint_every=0``: only at the end).
     keep_checkpoints
@@ -379,8 +380,12 @@ def pretrain_encoder(
         raise ValueError(msg)
     rank, world = _rank_world()
     dev = resolve_device(device)
-    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and dev.type == "cuda")
-    compute_dtype = torch.bfloat16 if use_bf16 else torch.float32
+    compute_dtype = resolve_dtype(cfg.dtype, dev)
+    if compute_dtype == torch.float16:
+        msg = "pre-training runs in float32 or bfloat16 (float16 would need loss scaling)."
+        raise ValueError(msg)
+    if rank == 0:
+        logger.info("pre-training on %s in %s", dev, str(compute_dtype).removeprefix("torch."))
     out = Path(out_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -404,6 +409,7 @@ def pretrain_encoder(
     extra = dict(extra_files or {})
     meta = dict(metadata or {})
     meta["pretrain_config"] = cfg.to_dict()
+    meta["compute_dtype"] = str(compute_dtype).removeprefix("torch.")
 
     source = corpus.row_source()
     lengths = np.asarray(corpus.lengths, dtype=np.int64)

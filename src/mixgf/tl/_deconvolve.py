@@ -275,7 +275,7 @@ def _default_genes(means: np.ndarray, n_per_type: int, min_mean: float) -> np.nd
 
 
 def deconvolve(
-    adata_mix: AnnData,
+    adata: AnnData,
     prototypes: Prototypes | AnnData | str | Path,
     *,
     layer: str | None = None,
@@ -303,7 +303,7 @@ def deconvolve(
 
     Parameters
     ----------
-    adata_mix
+    adata
         Mixtures (bulk samples or spots) × genes.
     prototypes
         From :func:`mixgf.tl.prototypes`: the reference AnnData, a :class:`~mixgf.engine.deconvolution.Prototypes`
@@ -314,9 +314,9 @@ def deconvolve(
         ``"all"``: every matched gene expressed in the prototypes; ``"markers"``: per type the ``n_markers`` genes
         most above every other type; or a list of gene names (of the mixture or the prototypes).
     gene_id_key
-        ``var`` column of ``adata_mix`` with Ensembl IDs (empty entries fall back to the var name).
+        ``var`` column of ``adata`` with Ensembl IDs (empty entries fall back to the var name).
     species
-        Species of ``adata_mix``; ``"auto"`` detects it.
+        Species of ``adata``; ``"auto"`` detects it.
     counts
         ``"raw"`` requires integer counts; ``"normalized"`` accepts linear-scale normalised values (TPM, CPM; not
         log), used as pseudo-counts on their own scale (TPM: 10^6 per sample); the fitted dispersion sets their
@@ -336,19 +336,19 @@ def deconvolve(
     key_added
         Where to store the results (see Returns).
     copy
-        Return a modified copy instead of writing into ``adata_mix``.
+        Return a modified copy instead of writing into ``adata``.
 
     Returns
     -------
     `None`, or a copy when ``copy=True``, with
 
-    ``adata_mix.obsm[key_added]`` : `pandas.DataFrame` (samples × types)
+    ``adata.obsm[key_added]`` : `pandas.DataFrame` (samples × types)
         Fractions of cells per type; each row sums to 1.
-    ``adata_mix.obs[key_added + "_deviance"]``, ``adata_mix.obs[key_added + "_r"]`` : float
+    ``adata.obs[key_added + "_deviance"]``, ``adata.obs[key_added + "_r"]`` : float
         NB deviance per gene used, and Pearson r of ``log1p`` fitted and measured expression, per sample.
-    ``adata_mix.var[key_added + "_alpha"]``, ``adata_mix.var[key_added + "_beta"]`` : float
+    ``adata.var[key_added + "_alpha"]``, ``adata.var[key_added + "_beta"]`` : float
         Log gene sensitivity and log ambient level (NaN for genes not used).
-    ``adata_mix.uns[key_added]`` : dict
+    ``adata.uns[key_added]`` : dict
         ``types``, ``coverage`` (genes matched, orthologs, share of the expression on matched genes) and ``params``.
 
     Examples
@@ -388,11 +388,11 @@ def deconvolve(
         raise ValueError(msg)
     protos = _resolve_prototypes(prototypes)
     what = "the mixture's " + ("count matrix" if counts == "raw" else "expression matrix")
-    X = _read_checked(adata_mix, layer, counts=counts, what=what)
-    p_idx, m_cols, coverage = _match_genes(protos, _gene_names(adata_mix, gene_id_key), species)
+    X = _read_checked(adata, layer, counts=counts, what=what)
+    p_idx, m_cols, coverage = _match_genes(protos, _gene_names(adata, gene_id_key), species)
     # mixture columns that name the same prototype gene are summed
     uniq, inv = np.unique(p_idx, return_inverse=True)
-    agg = sp.csr_matrix((np.ones(len(m_cols)), (m_cols, inv)), shape=(adata_mix.n_vars, len(uniq)))
+    agg = sp.csr_matrix((np.ones(len(m_cols)), (m_cols, inv)), shape=(adata.n_vars, len(uniq)))
     Y = np.asarray((X @ agg).todense())
     means = protos.means[uniq]
     expressed = means.max(axis=1) > 0
@@ -403,7 +403,7 @@ def deconvolve(
         use = _default_genes(means, n_markers, 0.05) if genes == "markers" else expressed
     else:
         wanted = set(map(str, genes))
-        name_of_col = pd.Series(adata_mix.var_names[m_cols]).groupby(inv).agg(set)
+        name_of_col = pd.Series(adata.var_names[m_cols]).groupby(inv).agg(set)
         use = np.array([bool(wanted & (name_of_col[i] | {protos.genes[u]})) for i, u in enumerate(uniq)]) & expressed
         if not use.any():
             msg = f"none of the {len(wanted)} requested genes is matched between the mixture and the prototypes."
@@ -412,23 +412,23 @@ def deconvolve(
     coverage["n_genes_used"] = int(use.sum())
     coverage["frac_expression_on_matched_genes"] = float(Y.sum() / total.sum()) if total.sum() > 0 else 0.0
     col_tot = np.asarray(X.sum(axis=0)).ravel()
-    unmatched = np.setdiff1d(np.arange(adata_mix.n_vars), m_cols)
+    unmatched = np.setdiff1d(np.arange(adata.n_vars), m_cols)
     top = unmatched[np.argsort(-col_tot[unmatched], kind="stable")[:_TOP_UNMATCHED]]
-    coverage["top_unmatched_genes"] = [str(g) for g in adata_mix.var_names[top]]
+    coverage["top_unmatched_genes"] = [str(g) for g in adata.var_names[top]]
     if (Y[:, use].sum(axis=1) <= 0).any():
-        bad = adata_mix.obs_names[Y[:, use].sum(axis=1) <= 0][:5].tolist()
+        bad = adata.obs_names[Y[:, use].sum(axis=1) <= 0][:5].tolist()
         msg = f"samples {bad} have no expression on the {int(use.sum())} genes used; remove them first."
         raise ValueError(msg)
     dev = resolve_device(settings.device if device is None else device)
     t0 = logg.info(
-        f"deconvolving {adata_mix.n_obs:,} samples into {len(protos.types)} {protos.species} cell types on "
+        f"deconvolving {adata.n_obs:,} samples into {len(protos.types)} {protos.species} cell types on "
         f"{int(use.sum()):,} genes"
         + (" (through one-to-one orthologs)" if coverage["via_orthologs"] else "")
         + f" ({coverage['frac_expression_on_matched_genes']:.1%} of the expression on matched genes), on {dev}"
     )
     res = fit_deconvolution(Y[:, use], means[use], gene_sensitivity=gene_sensitivity, ambient=ambient,
                             max_iter=max_iter, seed=seed, device=dev)  # fmt: skip
-    target = prepare_target(adata_mix, copy=copy)
+    target = prepare_target(adata, copy=copy)
     target.obsm[key_added] = pd.DataFrame(res.fractions, index=target.obs_names.copy(), columns=protos.types)
     target.obs[f"{key_added}_deviance"] = res.deviance / int(use.sum())
     target.obs[f"{key_added}_r"] = res.pearson

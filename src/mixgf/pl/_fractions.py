@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .._keys import FRACTIONS_KEY
+from .._utils._docs import doc_params
 from ._utils import finish
 
 if TYPE_CHECKING:
@@ -161,6 +162,7 @@ def fractions(
     return finish(fig, ax, show=show, return_fig=return_fig)
 
 
+@doc_params("doc_show", "doc_plot_returns")
 def fractions_vs_truth(
     adata: AnnData,
     truth: str | pd.DataFrame,
@@ -184,17 +186,11 @@ def fractions_vs_truth(
     groups
         Which fitted types make each truth column, e.g. ``{"T": ["CD4 T cells", "CD8 T cells"]}``; their fractions
         are summed. Default: truth columns that are fitted types, compared one to one.
-    ax
-        Axes to draw into.
-    show
-        Show the plot; `None` follows scanpy's ``settings.autoshow``.
-    return_fig
-        Return the Figure.
+    {doc_show}
 
     Returns
     -------
-    matplotlib.axes.Axes, matplotlib.figure.Figure or None
-        The Axes when not shown, the Figure with ``return_fig=True``, else `None`.
+    {doc_plot_returns}
 
     Examples
     --------

@@ -56,6 +56,16 @@ class PrototypeFit:
         Per-gene NB inverse dispersion ``theta`` (``inf``: no overdispersion measurable, Poisson).
     batch_effects
         Log batch effect per batch and gene (batches x genes), centred; `None` without batches.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> from mixgf.engine.deconvolution import fit_prototypes
+    >>> X = sp.csr_matrix(np.array([[9, 1], [11, 1], [1, 10], [1, 12]]))
+    >>> fit = fit_prototypes(X, np.array([0, 0, 1, 1]), 2)
+    >>> fit.n_cells.tolist(), fit.means.shape
+    ([2, 2], (2, 2))
     """
 
     means: np.ndarray
@@ -262,6 +272,15 @@ class DeconvolutionResult:
         Pearson correlation of ``log1p`` fitted and measured expression per sample.
     history
         Fit record: iterations, final loss, device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixgf.engine.deconvolution import fit_deconvolution
+    >>> M = np.array([[20.0, 1.0], [1.0, 10.0], [5.0, 5.0]])
+    >>> res = fit_deconvolution(np.array([[100, 50, 50]]), M, gene_sensitivity=False, ambient=False)
+    >>> res.fractions.shape, bool(np.isclose(res.fractions.sum(), 1.0))
+    ((1, 2), True)
     """
 
     fractions: np.ndarray

@@ -9,8 +9,9 @@ import numpy as np
 import scipy.sparse as sp
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
+    import pandas as pd
     from anndata import AnnData
 
 
@@ -143,3 +144,48 @@ def _iter_dask_chunks(X: Any, chunk_size: int) -> Iterator[tuple[int, int, sp.cs
             yield start, end, block if (start, end) == (a, b) else _to_csr(block[start - a : end - a])
         del block
         i = j
+
+
+def check_counts_block(
+    block: sp.csr_matrix,
+    start: int,
+    obs_names: pd.Index,
+    var_names: pd.Index,
+    *,
+    counts: str,
+    what: str,
+    advice: Callable[[], str],
+    normalized_hint: str = "Or pass counts='normalized' to rank these values anyway.",
+) -> int:
+    """Refuse NaN/inf, negative and (``counts="raw"``) non-integer values of one CSR block of cells.
+
+    ``advice()`` says where the counts are (see :func:`counts_advice`); ``normalized_hint`` follows it for
+    non-integer data. Returns the number of non-integer entries (allowed with ``counts="normalized"``).
+    """
+    from ..engine._tokenize import check_values
+
+    nonfinite, negative, nonint, n_nonint = check_values(block.data, check_integer=True)
+
+    def where(k: int) -> str:
+        row = int(np.searchsorted(block.indptr, k, side="right") - 1)
+        return f"cell {obs_names[start + row]!r}, gene {var_names[block.indices[k]]!r}"
+
+    if nonfinite >= 0:
+        msg = (
+            f"{what} holds NaN or infinite values (first at {where(nonfinite)}: {block.data[nonfinite]}). "
+            "Counts must be finite: fix or remove those entries first."
+        )
+        raise ValueError(msg)
+    if negative >= 0:
+        msg = (
+            f"{what} holds negative values (first at {where(negative)}: {block.data[negative]}), so it is not "
+            f"counts (scaled or centred data?). {advice()}"
+        )
+        raise ValueError(msg)
+    if nonint >= 0 and counts == "raw":
+        msg = (
+            f"{what} holds non-integer values (first at {where(nonint)}: {block.data[nonint]}), so it is not raw "
+            f"counts (normalized or log-transformed?). {advice()} {normalized_hint}"
+        )
+        raise ValueError(msg)
+    return n_nonint

@@ -8,15 +8,14 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from .. import _logging as logg
 from .._keys import TOKENS_KEY, tokens_obs_keys
 from .._settings import settings
 from .._version import __version__
-from ..engine._tokenize import check_values, tokenize_csr
+from ..engine._tokenize import tokenize_csr
 from ..genes import Vocabulary, map_to_ensembl
-from ._input import counts_advice, describe_source, get_matrix, iter_csr_chunks
+from ._input import check_counts_block, counts_advice, describe_source, get_matrix, iter_csr_chunks
 from ._store import TokenStoreWriter, check_store_path
 
 if TYPE_CHECKING:
@@ -113,38 +112,6 @@ def _add_special(out: np.ndarray, n_genes: np.ndarray, cls_id: int | None, eos_i
         out[:, 0] = cls_id
     if eos_id is not None:
         out[np.arange(out.shape[0]), n_genes + int(cls_id is not None)] = eos_id
-
-
-def _check_block(
-    block: sp.csr_matrix, start: int, obs_names: pd.Index, var_names: pd.Index, *, counts: str, what: str, advice
-) -> int:
-    """Refuse NaN/inf, negative and (``counts="raw"``) non-integer values; ``advice()`` says where counts are."""
-    nonfinite, negative, nonint, n_nonint = check_values(block.data, check_integer=True)
-
-    def where(k: int) -> str:
-        row = int(np.searchsorted(block.indptr, k, side="right") - 1)
-        return f"cell {obs_names[start + row]!r}, gene {var_names[block.indices[k]]!r}"
-
-    if nonfinite >= 0:
-        msg = (
-            f"{what} holds NaN or infinite values (first at {where(nonfinite)}: {block.data[nonfinite]}). "
-            "Rank-value encoding needs finite counts: fix or remove those entries first."
-        )
-        raise ValueError(msg)
-    if negative >= 0:
-        msg = (
-            f"{what} holds negative values (first at {where(negative)}: {block.data[negative]}), so it is not "
-            f"counts (scaled or centred data?). {advice()}"
-        )
-        raise ValueError(msg)
-    if nonint >= 0 and counts == "raw":
-        msg = (
-            f"{what} holds non-integer values (first at {where(nonint)}: {block.data[nonint]}), so it is not raw "
-            f"counts (normalized or log-transformed?). {advice()} Or pass counts='normalized' to rank these values "
-            "anyway."
-        )
-        raise ValueError(msg)
-    return n_nonint
 
 
 def rank_tokenize(
@@ -347,7 +314,7 @@ def rank_tokenize(
         tqdm(total=n_obs, desc="tokenizing", unit="cell", disable=not settings.progress_bar) as bar,
     ):
         for start, end, block in iter_csr_chunks(X, chunk_size):
-            n_nonint += _check_block(
+            n_nonint += check_counts_block(
                 block, start, adata.obs_names, var_names, counts=counts, what=what,
                 advice=lambda: counts_advice(adata, layer, use_raw),
             )  # fmt: skip

@@ -12,10 +12,9 @@ import scipy.sparse as sp
 from .. import _logging as logg
 from .._keys import FRACTIONS_KEY, PROTOTYPES_KEY
 from .._version import __version__
-from ..engine._tokenize import check_values
 from ..engine.deconvolution import Prototypes, fit_deconvolution, fit_prototypes
 from ..genes import map_to_ensembl, orthologs
-from ..pp._input import get_matrix, iter_csr_chunks
+from ..pp._input import check_counts_block, counts_advice, get_matrix, iter_csr_chunks
 from ._utils import prepare_target
 
 if TYPE_CHECKING:
@@ -31,28 +30,13 @@ _TOP_UNMATCHED = 10
 def _read_checked(adata: AnnData, layer: str | None, *, counts: str, what: str) -> sp.csr_matrix:
     """The matrix as CSR float64, with the checks of `rank_tokenize`: finite, non-negative, integer for counts."""
     X = get_matrix(adata, layer)
+    hint = "Or pass counts='normalized' for TPM / CPM (not log) data." if what.startswith("the mix") else ""
     blocks = []
     for start, _, block in iter_csr_chunks(X, 4096):
-        nonfinite, negative, nonint, _ = check_values(block.data, check_integer=True)
-        first = next((k for k in (nonfinite, negative) if k >= 0), -1)
-        if first >= 0 or (nonint >= 0 and counts == "raw"):
-            k = first if first >= 0 else nonint
-            row = int(np.searchsorted(block.indptr, k, side="right") - 1)
-            at = f"{adata.obs_names[start + row]!r}, gene {adata.var_names[block.indices[k]]!r}: {block.data[k]}"
-            if nonfinite >= 0:
-                msg = f"{what} holds NaN or infinite values (first at {at}); fix or remove those entries first."
-            elif negative >= 0:
-                msg = (
-                    f"{what} holds negative values (first at {at}), so it is not counts (scaled or centred data?). "
-                    "Pass layer='…' naming the layer with raw counts."
-                )
-            else:
-                msg = (
-                    f"{what} holds non-integer values (first at {at}), so it is not raw counts (normalized or "
-                    "log-transformed?). Pass layer='…' naming the layer with raw counts"
-                    + (", or counts='normalized' for TPM / CPM (not log) data." if what.startswith("the mix") else ".")
-                )
-            raise ValueError(msg)
+        check_counts_block(
+            block, start, adata.obs_names, adata.var_names, counts=counts, what=what,
+            advice=lambda: counts_advice(adata, layer, False), normalized_hint=hint,
+        )  # fmt: skip
         blocks.append(block.astype(np.float64))
     return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, adata.n_vars))
 

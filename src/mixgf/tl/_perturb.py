@@ -349,7 +349,7 @@ def perturb(
     else:
         mdl = resolve_model(model)
     hidden_layer = DEFAULT_PERTURB_LAYER if hidden_layer is None else int(hidden_layer)
-    dev = rank_device(settings.device if device is None else device)
+    dev = rank_device(device)
     if inplace:
         target = prepare_target(adata, copy=copy)
     elif tokens_key in adata.obsm or store_path(adata, tokens_key) is not None:

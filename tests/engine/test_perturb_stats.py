@@ -131,7 +131,7 @@ def test_matched_test_is_calibrated_on_a_simulated_null_screen():
         shifts, detected, ranks, sets = _simulated_screen(seed)
         chosen = choose_controls(ranks, detected, sets, np.arange(len(sets)), 20, "delete", seed=seed)
         controls = [[c[0] for c in cc] for cc in chosen]
-        expected, _, _, p = matched_test(shifts, detected, len(sets), controls, sets, ranks)
+        expected, _, _, p, _, _ = matched_test(shifts, detected, len(sets), controls, sets, ranks)
         pvalues.append(p[np.isfinite(p)])
         # the expected shift is the mean over cells of np.interp between the cell's controls (flat beyond them)
         for g in (3, 150, 399):
@@ -207,3 +207,37 @@ def test_run_screen_every_gene_geneformer_and_goal(tiny):
     centroid = embed_tokens(model, tokens[:4], lengths[:4], layer=-1).mean(axis=0)
     direct = perturbation_shifts(model, tokens, lengths, sets[:2], goal=centroid)
     np.testing.assert_allclose(goal.shifts, direct.shifts, atol=1e-6, equal_nan=True)  # toward the goal, signed
+
+
+def test_controls_in_a_shared_random_subset_of_the_cells(tiny):
+    model, tokens, lengths = tiny
+    rng = np.random.default_rng(1)
+    applicable = rng.random((40, 3)) < 0.7
+    chosen = [[(10,), (11,), (12,)], [(11,), (12,), (13,)], [(0,)]]  # the first two share two controls; 0 is tested
+    sets = [np.array([0]), np.array([1]), np.array([2])]
+    _, cols, every = control_columns(sets, chosen, applicable)
+    all_sets, cols_c, capped = control_columns(sets, chosen, applicable, control_cells=5, seed=3)
+    assert cols == cols_c and len(all_sets) == 3 + 4  # each control set once, the tested set 0 not again
+    np.testing.assert_array_equal(capped[:, :3], applicable)  # tested sets in all of their cells
+    np.testing.assert_array_equal(every[:, :3], applicable)
+    for s, own_control in ((0, cols_c[0][0]), (1, cols_c[1][-1])):  # controls of one set only
+        assert capped[:, own_control].sum() == 5 and not (capped[:, own_control] & ~applicable[:, s]).any()
+    shared = cols_c[0][1]  # a control of both sets: perturbed once per cell, in the union of their cells
+    assert capped[:, shared].sum() <= 10
+    # one shared order: where sets 0 and 1 apply alike, their control cells are the same cells
+    both = applicable[:, 0] & applicable[:, 1]
+    first0 = capped[:, cols_c[0][0]] & both
+    first1 = capped[:, cols_c[1][-1]] & both
+    assert (first0 == first1).sum() >= 35
+    assert capped[:, 3:].sum() < every[:, 3:].sum()
+    # the screen: the tested shifts are the same, the test runs in the capped cells
+    sets = [np.array([5]), np.array([6])]
+    pool = np.zeros(100, dtype=bool)
+    pool[4:50] = True
+    full = run_screen(model, tokens, lengths, sets, n_controls=5, control_pool=pool, control_cells=None)
+    cut = run_screen(model, tokens, lengths, sets, n_controls=5, control_pool=pool, control_cells=4)
+    np.testing.assert_allclose(cut.shifts, full.shifts, atol=1e-6, equal_nan=True)
+    assert cut.n_copies < full.n_copies
+    assert (cut.stats["n_control_cells"] <= 4).all()
+    assert (full.stats["n_control_cells"] >= cut.stats["n_control_cells"]).all()
+    assert cut.stats["p_value"].between(0, 1).all()

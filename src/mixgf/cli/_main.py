@@ -304,7 +304,8 @@ def _perturb(args: argparse.Namespace) -> int:
     tok_kw = {"gene_id_key": args.gene_id_key, "layer": args.layer, "species": args.species}
     pt_kw = {
         "genes": genes, "mode": args.mode, "groupby": args.groupby, "groups": groups, "max_cells": args.max_cells,
-        "goal": goal, "test": args.test, "n_controls": args.n_controls, "seed": args.seed,
+        "goal": goal, "test": args.test, "n_controls": args.n_controls,
+        "control_cells": args.control_cells or None, "seed": args.seed,
         "hidden_layer": args.hidden_layer,
         "rank_shift": args.rank_shift, "dtype": args.dtype, "token_budget": args.token_budget,
     }  # fmt: skip
@@ -492,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--goal", default=None, help="KEY:SOURCE:TARGET, e.g. disease:ADPKD:normal")
     q.add_argument("--test", default="matched", choices=["matched", "geneformer"])
     q.add_argument("--n-controls", type=int, default=20)
+    q.add_argument(
+        "--control-cells", type=int, default=100, help="cells per gene in which its controls are perturbed (0: all)"
+    )
     q.add_argument("--seed", type=int, default=0)
     _model_args(q)
     _tokenizer_args(q, with_vocab=False)

@@ -183,6 +183,7 @@ def perturb(
     rank_shift: float | int = 0.25,
     test: TestName = "matched",
     n_controls: int = 20,
+    control_cells: int | None = 100,
     device: str | None = None,
     dtype: str | None = None,
     token_budget: int | None = None,
@@ -224,7 +225,9 @@ def perturb(
         expression rank would, and assumes that a null gene is exchangeable with its rank-matched controls and
         that their mean residuals are roughly normal. The unit of replication is the gene, not the cell. With
         ``genes="all"`` the controls are the other perturbed genes (no extra work); with a gene list they cost
-        ``n_controls`` extra perturbations per gene and cell.
+        ``n_controls`` extra perturbations per gene in each of ``control_cells`` of its cells (drawn at random in
+        one order shared by all tested genes, so that a control shared by two genes is embedded once per cell);
+        the test then compares the gene with its controls in those cells.
     ``"geneformer"``
         Geneformer's ``InSilicoPerturberStats`` statistic: Wilcoxon rank-sum of the gene's per-cell shifts against
         the per-cell shifts of all perturbed genes pooled (the tested gene included; down-sampled to 100,000 values,
@@ -280,6 +283,11 @@ def perturb(
         ``"matched"``, ``"geneformer"`` or ``"none"``.
     n_controls
         Matched control genes per tested gene (``test="matched"``).
+    control_cells
+        Cells per tested gene in which its controls are perturbed (``test="matched"`` with a gene list; default
+        100, `None`: every cell where the gene is perturbed). The gene's own shifts are measured in all of its cells
+        either way. Fewer cells cost less and keep the test's calibration (the gene and its controls are compared
+        in the same cells); they cost power only for small effects (the perturbation guide has the measurements).
     device, dtype, token_budget
         As in :func:`mixgf.tl.embed`.
     distributed
@@ -308,7 +316,8 @@ def perturb(
 
     ``adata.uns[key_added]["results"]`` : `pandas.DataFrame`
         One row per gene or gene set: ``gene``, ``ensembl_id``, ``species``, ``mode``, ``n_cells``, ``shift_mean``,
-        ``shift_median``, ``shift_sd``, ``expected_shift``, ``shift_vs_expected``, ``n_controls``, ``p_value``,
+        ``shift_median``, ``shift_sd``, ``expected_shift``, ``shift_vs_expected``, ``n_controls``,
+        ``n_control_cells`` (cells in which the gene was compared with its controls), ``p_value``,
         ``p_adj``, ``test``, ``query``, ``via_ortholog``, ``control_genes`` (and ``goal_source``,
         ``goal_target`` with a goal), sorted by p-value. Read it with :func:`mixgf.get.perturb_df`.
     ``adata.uns[key_added]["params"]`` : dict
@@ -340,7 +349,7 @@ def perturb(
     from ..engine.perturb._screen import run_screen
 
     t_start = time.perf_counter()
-    _check_options(mode, rank_shift, test, n_controls, inplace, copy)
+    _check_options(mode, rank_shift, test, n_controls, control_cells, inplace, copy)
     counts_layer, hidden_layer = split_layer(layer, hidden_layer, default=None)
     check_not_empty(adata, "perturb")
     if isinstance(model, CellClassifier):
@@ -379,6 +388,7 @@ def perturb(
 
     screen = run_screen(
         mdl.encoder, tokens, lengths, sets, mode=mode, rank_shift=rank_shift, test=test, n_controls=n_controls,
+        control_cells=control_cells,
         control_pool=None if every_gene else vocab.gene_species == species,
         goal_tokens=None if goal_cells is None else src.take(goal_cells),
         goal_lengths=None if goal_cells is None else src.lengths[goal_cells],
@@ -409,6 +419,7 @@ def perturb(
         tokens_key=tokens_key,
         test=test,
         n_controls=n_controls if test == "matched" else 0,
+        control_cells=control_cells if test == "matched" else 0,
         goal_key=goal_spec[0] if goal_spec else None,
         goal_source=goal_spec[1] if goal_spec else None,
         goal_target=goal_spec[2] if goal_spec else None,
@@ -460,7 +471,9 @@ def _announce(n: int, cells: int, seconds: float, alone: int, test: str, dev: An
     logg.info(msg)
 
 
-def _check_options(mode: str, rank_shift: float | int, test: str, n_controls: int, inplace: bool, copy: bool) -> None:
+def _check_options(
+    mode: str, rank_shift: float | int, test: str, n_controls: int, control_cells: int | None, inplace: bool, copy: bool
+) -> None:
     from ..engine.perturb._copies import check_mode
 
     check_mode(mode, rank_shift)
@@ -469,6 +482,9 @@ def _check_options(mode: str, rank_shift: float | int, test: str, n_controls: in
         raise ValueError(msg)
     if test == "matched" and n_controls < 3:
         msg = f"test='matched' needs n_controls >= 3 (got {n_controls}); use test='none' to skip p-values."
+        raise ValueError(msg)
+    if control_cells is not None and (isinstance(control_cells, bool) or not int(control_cells) >= 1):
+        msg = f"control_cells must be a positive number of cells or None for all (got {control_cells!r})."
         raise ValueError(msg)
     if copy and not inplace:
         msg = (

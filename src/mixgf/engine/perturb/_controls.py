@@ -54,12 +54,19 @@ def applicable_pairs(ranks: sp.csr_matrix, sets: list[np.ndarray], mode: str) ->
 
 
 def control_columns(
-    sets: list[np.ndarray], chosen: list[list[tuple[int, ...]]], applicable: np.ndarray
+    sets: list[np.ndarray],
+    chosen: list[list[tuple[int, ...]]],
+    applicable: np.ndarray,
+    control_cells: int | None = None,
+    seed: int = 0,
 ) -> tuple[list[np.ndarray], list[list[int]], np.ndarray]:
     """The sets to perturb: the tested ones, then every control set not tested itself (each once).
 
     Returns all sets, the columns of each tested set's controls among them, and the cells x sets mask of pairs to
-    compute: tested sets where they apply, controls only in their tested sets' cells.
+    compute: tested sets where they apply, other controls in their tested sets' cells — in at most
+    ``control_cells`` of them per tested set (`None`: all). The cells are taken in one seeded random order shared by all tested sets, so
+    that sets perturbed in the same cells take their controls' cells from the same ones, and a control shared by
+    several tested sets is perturbed once per cell.
     """
     n_tested = len(sets)
     all_sets = list(sets)
@@ -71,12 +78,21 @@ def control_columns(
                 col_of[c] = len(all_sets)
                 all_sets.append(np.array(c))
             control_cols[s].append(col_of[c])
-    want = np.zeros((applicable.shape[0], len(all_sets)), dtype=bool)
+    n_cells = applicable.shape[0]
+    cells_of = applicable
+    if control_cells is not None and n_cells:
+        place = np.empty(n_cells, dtype=np.int64)
+        place[np.random.default_rng(seed).permutation(n_cells)] = np.arange(n_cells)
+        # a cell's place in the shared order; a set keeps its control_cells applicable cells placed first
+        keyed = np.where(applicable, place[:, None], n_cells)
+        cut = np.sort(keyed, axis=0)[min(int(control_cells), n_cells) - 1] if control_cells > 0 else -1
+        cells_of = applicable & (keyed <= cut)
+    want = np.zeros((n_cells, len(all_sets)), dtype=bool)
     want[:, :n_tested] = applicable
     for s in range(n_tested):
         for c in control_cols[s]:
-            if c >= n_tested:
-                want[:, c] |= applicable[:, s]
+            if c >= n_tested:  # a tested set that is another's control is perturbed in its own cells anyway
+                want[:, c] |= cells_of[:, s]
     return all_sets, control_cols, want
 
 

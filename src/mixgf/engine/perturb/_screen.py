@@ -42,7 +42,9 @@ class ScreenResult:
     stats
         One row per tested gene set, in input order: ``n_cells`` (cells where it was perturbed), mean, median and
         standard deviation of its shifts, ``expected_shift`` (mean of its controls' interpolated shifts, matched test
-        only), ``shift_vs_expected``, ``n_controls`` (controls scored), ``p_value`` and BH-adjusted ``p_adj``.
+        only), ``shift_vs_expected`` (mean of its shift minus the expected one), both over the ``n_control_cells``
+        cells where its controls were perturbed, ``n_controls`` (controls scored), ``p_value`` and BH-adjusted
+        ``p_adj``.
     shifts
         ``[n_cells, n_sets]`` float64 shift per cell and tested set; NaN where it was not perturbed.
     original
@@ -84,6 +86,7 @@ def run_screen(
     rank_shift: float | int = 0.25,
     test: TestName = "matched",
     n_controls: int = 20,
+    control_cells: int | None = 100,
     control_pool: np.ndarray | None = None,
     goal_tokens: np.ndarray | None = None,
     goal_lengths: np.ndarray | None = None,
@@ -119,6 +122,10 @@ def run_screen(
         ``"geneformer"`` (Wilcoxon rank-sum against all tested sets' shifts pooled) or ``"none"``.
     n_controls
         Control sets per tested set (``test="matched"``).
+    control_cells
+        Cells per tested set in which its controls are perturbed (``test="matched"``), drawn at random (seeded) in
+        one order shared by all tested sets; `None`: every cell where the set is perturbed. The test compares the
+        tested set with its controls in those cells; its own shifts are still measured in all of its cells.
     control_pool
         Boolean over token ids: genes that may be controls (e.g. genes of the cells' species); a candidate must
         also be expressed in the cells and not be tested. `None`: the tested genes are each other's controls (a
@@ -166,7 +173,7 @@ def run_screen(
             detected = np.flatnonzero(np.asarray(det.sum(axis=0)).ravel() > 0)
             candidates = detected[np.asarray(control_pool)[detected] & ~np.isin(detected, tested_tokens)]
         chosen = choose_controls(ranks, applicable, sets, candidates, n_controls, mode, seed=seed)
-    all_sets, control_cols, want = control_columns(sets, chosen, applicable)
+    all_sets, control_cols, want = control_columns(sets, chosen, applicable, control_cells, seed=seed)
 
     emb_kw: dict[str, Any] = {
         "layer": layer,
@@ -197,9 +204,13 @@ def run_screen(
 
     values, n_cells, mean, median, sd = shift_summary(shifts[:, :n_tested], applicable)
     expected = np.full(n_tested, np.nan)
+    residual = np.full(n_tested, np.nan)
     n_ctrl = np.zeros(n_tested, dtype=np.int64)
+    n_ctrl_cells = np.zeros(n_tested, dtype=np.int64)
     if test == "matched":
-        expected, n_ctrl, _, p = matched_test(shifts, applicable, n_tested, control_cols, all_sets, ranks)
+        expected, n_ctrl, _, p, residual, n_ctrl_cells = matched_test(
+            shifts, applicable, n_tested, control_cols, all_sets, ranks
+        )
     elif test == "geneformer":
         p = geneformer_test(values, seed)
     else:
@@ -211,8 +222,9 @@ def run_screen(
             "shift_median": median,
             "shift_sd": sd,
             "expected_shift": expected,
-            "shift_vs_expected": mean - expected,
+            "shift_vs_expected": residual,
             "n_controls": n_ctrl,
+            "n_control_cells": n_ctrl_cells,
             "p_value": p,
             "p_adj": benjamini_hochberg(p),
         },

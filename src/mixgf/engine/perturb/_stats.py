@@ -9,7 +9,14 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["STAT_COLUMNS", "benjamini_hochberg", "geneformer_test", "matched_test", "shift_summary"]
+__all__ = [
+    "STAT_COLUMNS",
+    "benjamini_hochberg",
+    "geneformer_test",
+    "matched_test",
+    "set_ranks",
+    "shift_summary",
+]
 
 #: Columns of :attr:`ScreenResult.stats`, one row per tested gene set.
 STAT_COLUMNS = [
@@ -20,6 +27,7 @@ STAT_COLUMNS = [
     "expected_shift",
     "shift_vs_expected",
     "n_controls",
+    "n_control_cells",
     "p_value",
     "p_adj",
 ]
@@ -66,8 +74,11 @@ def matched_test(
     control_cols: list[list[int]],
     sets: list[np.ndarray],
     ranks: sp.csr_matrix,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per tested set: expected shift from its controls, number of controls, t statistic and two-sided p-value.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per tested set: expected shift, number of controls, t statistic, two-sided p-value, residual and cells used.
+
+    The test uses the cells where the tested set and at least three of its controls were perturbed: the expected
+    shift and the residual (shift minus expected) are means over those cells, whose number is returned last.
 
     In every cell where the tested set is perturbed, its expected shift is interpolated between the controls nearest
     to it in rank in that cell (flat beyond the outermost control), and its residual is its shift minus that; each
@@ -90,14 +101,8 @@ def matched_test(
     n_ctrl = np.zeros(tested, dtype=np.int64)
     t_stat = np.full(tested, np.nan)
     p = np.full(tested, np.nan)
-
-    def rank_matrix(sub_ranks: sp.csr_matrix, member_sets: list[np.ndarray]) -> np.ndarray:
-        """Cells x sets: relative rank of each set (mean over its members) in each cell."""
-        flat = np.concatenate(member_sets)
-        r = sub_ranks[:, flat].toarray()
-        r[r == 0] = 1.0  # a gene the cell lacks (overexpression) counts as ranked last
-        bounds = np.cumsum([0, *[m.shape[0] for m in member_sets]])
-        return np.add.reduceat(r, bounds[:-1], axis=1) / np.diff(bounds)[None, :]
+    residual = np.full(tested, np.nan)
+    n_cells = np.zeros(tested, dtype=np.int64)
 
     for s in range(tested):
         rows = np.flatnonzero(applicable[:, s] & has[:, s])
@@ -113,8 +118,8 @@ def matched_test(
         y, ok, cols = y[:, keep], ok[:, keep], cols[keep]
         k = cols.shape[0]
         sub_ranks = ranks[rows]
-        r = rank_matrix(sub_ranks, [sets[c] for c in cols])
-        r0 = rank_matrix(sub_ranks, [sets[s]])[:, 0]
+        r = set_ranks(sub_ranks, [sets[c] for c in cols])
+        r0 = set_ranks(sub_ranks, [sets[s]])[:, 0]
         # genes: 0 = the tested set, 1..k = its controls; A accumulates each cell's residual operator
         a_sum = np.zeros((k + 1, k + 1))
         resid_sum = np.zeros(k + 1)
@@ -126,9 +131,7 @@ def matched_test(
             continue
         r_use, y_use, ok_use, m = r[use], y[use], ok[use], m[use]
         keyed = np.where(ok_use, r_use, np.inf)
-        order = np.argsort(keyed, axis=1, kind="stable")
-        sr = np.take_along_axis(keyed, order, axis=1)
-        sy = np.take_along_axis(np.where(ok_use, y_use, 0.0), order, axis=1)
+        order, sr, sy = _sorted_by_rank(keyed, np.where(ok_use, y_use, 0.0))
         cells = np.arange(sr.shape[0])
         # the tested set, interpolated from all of the cell's controls
         lo, hi, w = _interp_rows(r0[use], sr, m)
@@ -139,15 +142,7 @@ def matched_test(
         resid_sum[0] += float((shifts[rows[use], s] - pred).sum())
         n_obs[0] += cells.shape[0]
         # every control, interpolated from the cell's other controls (leave one out)
-        kc = sr.shape[1]
-        pos = np.arange(kc - 1)
-        drop = pos[None, :] + (pos[None, :] >= np.arange(kc)[:, None])  # [q, kc - 1]: the positions other than q
-        cell_q, q = np.nonzero(np.arange(kc)[None, :] < m[:, None])
-        others = drop[q]  # [pairs, kc - 1] positions in the sorted row
-        o_r = sr[cell_q[:, None], others]
-        lo, hi, w = _interp_rows(sr[cell_q, q], o_r, m[cell_q] - 1)
-        lo_pos, hi_pos = others[np.arange(q.shape[0]), lo], others[np.arange(q.shape[0]), hi]
-        pred_c = (1 - w) * sy[cell_q, lo_pos] + w * sy[cell_q, hi_pos]
+        cell_q, q, lo_pos, hi_pos, w, pred_c = _leave_one_out(sr, sy, m)
         g = 1 + order[cell_q, q]
         flat = a_sum.reshape(-1)
         np.add.at(flat, g * (k + 1) + g, 1.0)
@@ -156,6 +151,8 @@ def matched_test(
         np.add.at(resid_sum, g, sy[cell_q, q] - pred_c)
         np.add.at(n_obs, g, 1.0)
         expected[s] = float(pred.mean())
+        residual[s] = resid_sum[0] / n_obs[0]
+        n_cells[s] = cells.shape[0]
         seen = n_obs > 0  # the tested set always is; a control may be present in too few cells to be scored
         if seen[1:].sum() < 3:
             continue
@@ -176,7 +173,42 @@ def matched_test(
         df = ev.sum() ** 2 / (ev**2).sum()
         t_stat[s] = float(contrast @ d) / np.sqrt(ctrl_var * kappa)
         p[s] = 2 * stats.t.sf(abs(t_stat[s]), df)
-    return expected, n_ctrl, t_stat, p
+    return expected, n_ctrl, t_stat, p, residual, n_cells
+
+
+def set_ranks(ranks: sp.csr_matrix, member_sets: list[np.ndarray]) -> np.ndarray:
+    """Cells x sets: relative rank of each gene set (mean over its members) in each cell of ``ranks``."""
+    flat = np.concatenate(member_sets)
+    r = ranks[:, flat].toarray()
+    r[r == 0] = 1.0  # a gene the cell lacks (overexpression) counts as ranked last
+    bounds = np.cumsum([0, *[m.shape[0] for m in member_sets]])
+    return np.add.reduceat(r, bounds[:-1], axis=1) / np.diff(bounds)[None, :]
+
+
+def _sorted_by_rank(keyed: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, the order of the columns by rank (absent ones, keyed ``inf``, last), sorted ranks and values."""
+    order = np.argsort(keyed, axis=1, kind="stable")
+    return order, np.take_along_axis(keyed, order, axis=1), np.take_along_axis(values, order, axis=1)
+
+
+def _leave_one_out(
+    sr: np.ndarray, sy: np.ndarray, m: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every control of every row interpolated from the row's other controls (rows sorted by rank, ``m`` present).
+
+    Returns the (row, position) of each control, the positions of its two neighbours, the weight of the second and
+    the prediction.
+    """
+    kc = sr.shape[1]
+    pos = np.arange(kc - 1)
+    drop = pos[None, :] + (pos[None, :] >= np.arange(kc)[:, None])  # [q, kc - 1]: the positions other than q
+    cell_q, q = np.nonzero(np.arange(kc)[None, :] < m[:, None])
+    others = drop[q]  # [pairs, kc - 1] positions in the sorted row
+    o_r = sr[cell_q[:, None], others]
+    lo, hi, w = _interp_rows(sr[cell_q, q], o_r, m[cell_q] - 1)
+    lo_pos, hi_pos = others[np.arange(q.shape[0]), lo], others[np.arange(q.shape[0]), hi]
+    pred = (1 - w) * sy[cell_q, lo_pos] + w * sy[cell_q, hi_pos]
+    return cell_q, q, lo_pos, hi_pos, w, pred
 
 
 def geneformer_test(values: list[np.ndarray], seed: int, pool_max: int = 100_000) -> np.ndarray:

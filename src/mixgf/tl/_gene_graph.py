@@ -118,7 +118,7 @@ def gene_graph(
     ``adata.varp[key_added]`` : `scipy.sparse.csr_matrix` (genes × genes)
         Binary symmetric graph among the selected genes (no self-loops).
     ``adata.varp[key_added + "_correlation"]`` : `scipy.sparse.csr_matrix`
-        Co-expression estimates of all pairs of selected genes (NaN where a gene's variance is not positive).
+        Co-expression estimates of all pairs of selected genes.
     ``adata.var[key_added]`` : bool, ``adata.var[key_added + "_key"]`` : str
         The selected genes, and each one's cross-dataset key (human Ensembl ID; for mouse genes the one-to-one
         human ortholog's ID).
@@ -502,9 +502,11 @@ def _markers(adata: AnnData, X: sp.csr_matrix, pos: np.ndarray, groupby: str, n_
     depth = np.asarray(X[np.flatnonzero(ok)].sum(axis=1)).ravel()
     tmp = ad.AnnData(
         sp.csr_matrix(sub.multiply(1e4 / depth[:, None]).log1p()),
-        obs=pd.DataFrame({"g": pd.Categorical(labels[ok].astype(str))}),
+        obs=pd.DataFrame(
+            {"g": pd.Categorical(labels[ok].astype(str).to_numpy())}, index=[str(i) for i in range(len(depth))]
+        ),
+        var=pd.DataFrame(index=[str(i) for i in range(len(pos))]),
     )
-    tmp.var_names = [str(i) for i in range(len(pos))]
     sc.tl.rank_genes_groups(tmp, "g", method="wilcoxon", n_genes=n_markers)
     names = pd.DataFrame(tmp.uns["rank_genes_groups"]["names"])
     return [names[c].astype(int).to_numpy() for c in names.columns]

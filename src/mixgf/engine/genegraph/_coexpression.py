@@ -37,7 +37,7 @@ class CoexpressionResult:
     Attributes
     ----------
     correlation
-        Co-expression estimate (genes x genes, symmetric, diagonal 1; NaN where a gene's variance is not positive).
+        Co-expression estimate (genes x genes, symmetric, diagonal 1).
     statistic
         Test statistic (z for CS-CORE, t for Pearson; 0 on the diagonal).
     pvalues
@@ -46,6 +46,8 @@ class CoexpressionResult:
         Per-gene mean and variance of the underlying expression (CS-CORE) or of the input values (Pearson).
     n_iter
         IRLS iterations (0 for Pearson).
+    theta
+        CS-CORE: the median ``mu^2 / sigma`` used in the final weights (NaN for Pearson).
     """
 
     correlation: np.ndarray
@@ -54,6 +56,7 @@ class CoexpressionResult:
     mean: np.ndarray
     variance: np.ndarray
     n_iter: int = 0
+    theta: float = float("nan")
 
 
 def _dense(X: np.ndarray | sp.spmatrix) -> np.ndarray:
@@ -196,12 +199,15 @@ def cscore(
 ) -> CoexpressionResult:
     """CS-CORE: co-expression of genes from raw counts and sequencing depth by an IRLS moment estimator.
 
-    Means ``mu_j`` and variances ``sigma_jj`` are fitted by weighted least squares of ``x_ij`` on ``s_i`` and of
-    ``(x_ij - s_i mu_j)^2 - s_i mu_j`` on ``s_i^2``, the weights being the inverse (squared) model variances,
-    re-estimated until the ratio ``mu^2 / sigma`` moves by less than ``tol`` (log scale) or ``max_iter``
-    iterations. Covariances are the weighted regression of ``(x_ij - s_i mu_j)(x_ik - s_i mu_k)`` on ``s_i^2`` with
-    weights ``1 / (w_ij w_ik)``; the test of ``sigma_jk = 0`` divides the weighted sum by its standard deviation
-    under independence, which is asymptotically standard normal.
+    Means ``mu_j`` are fitted by least squares of ``x_ij`` on ``s_i`` and variances ``sigma_jj`` by least squares
+    of ``(x_ij - s_i mu_j)^2 - s_i mu_j`` on ``s_i^2``; then, until ``theta_j = mu_j^2 / sigma_jj`` moves by less
+    than ``tol`` (largest absolute change of ``log theta``) or after ``max_iter`` rounds, both fits are repeated
+    with weights ``1 / w_ij`` and ``1 / w_ij^2``, ``w_ij = s_i mu_j + s_i^2 mu_j^2 / theta`` the model variance
+    with the genes' median ``theta`` (as in the authors' release). Covariances are the weighted regression of
+    ``(x_ij - s_i mu_j)(x_ik - s_i mu_k)`` on ``s_i^2`` with weights ``1 / (w_ij w_ik)``. The test of
+    ``sigma_jk = 0`` weights by the fitted variances ``V_ij = s_i mu_j + s_i^2 sigma_jj`` instead, which makes the
+    weighted sum's variance under independence equal to its denominator: ``z = sum_i s_i^2 r_ij r_ik / (V_ij V_ik)
+    / sqrt(sum_i s_i^4 / (V_ij V_ik))``, asymptotically standard normal.
 
     Parameters
     ----------
@@ -210,15 +216,16 @@ def cscore(
     seq_depth
         Sequencing depth of each cell (its total counts over all genes).
     max_iter
-        Most IRLS iterations.
+        Most IRLS rounds.
     tol
         Convergence threshold on ``max |log(theta_new / theta_old)|``.
 
     Returns
     -------
     CoexpressionResult
-        Correlations clipped to ``[-1, 1]`` (NaN for genes with a non-positive variance estimate), z statistics
-        and two-sided normal p-values; ``mean`` and ``variance`` are ``mu`` and ``sigma_jj``.
+        Correlations clipped to ``[-1, 1]`` (0 for a gene with a negative variance estimate: no detectable
+        biological variation), z statistics and two-sided normal p-values; ``mean`` and ``variance`` are ``mu`` and
+        ``sigma_jj``; ``theta`` the median ``theta`` of the final weights.
     """
     X = _dense(counts)
     s = np.asarray(seq_depth, dtype=np.float64).ravel()
@@ -228,59 +235,64 @@ def cscore(
     if (s <= 0).any():
         msg = f"{int((s <= 0).sum())} cells have a sequencing depth <= 0; remove empty cells first."
         raise ValueError(msg)
-    s2, s4 = s**2, s**4
-    mu = X.sum(axis=0) / s.sum()
+    s2 = s**2
+    mu = s @ X / s2.sum()
     M = np.outer(s, mu)
-    Xc = X - M
-    sigma2 = ((Xc**2 - M) * s2[:, None]).sum(axis=0) / s4.sum()
+    sigma2 = s2 @ ((X - M) ** 2 - M) / (s2**2).sum()
     theta = mu**2 / sigma2
     n_iter = 0
-    w = None
     for n_iter in range(1, max_iter + 1):  # noqa: B007 - the count is reported
-        previous = theta.copy()
+        previous = theta
         w = _weights(M, s2, mu, theta)
-        mu = (X * s[:, None] / w).sum(axis=0) / (s2[:, None] / w).sum(axis=0)
+        mu = s @ (X / w) / (s2 @ (1.0 / w))
         M = np.outer(s, mu)
-        Xc = X - M
-        h = (M + np.outer(s2, sigma2)) ** 2
-        h[~np.isfinite(h) | (h <= 0)] = 1.0
-        sigma2 = ((Xc**2 - M) * s2[:, None] / h).sum(axis=0) / (s4[:, None] / h).sum(axis=0)
+        h = _weights(M, s2, mu, theta) ** 2
+        sigma2 = s2 @ (((X - M) ** 2 - M) / h) / ((s2**2) @ (1.0 / h))
         theta = mu**2 / sigma2
-        ok = (theta > 0) & (previous > 0) & np.isfinite(theta) & np.isfinite(previous)
-        delta = np.max(np.abs(np.log(theta[ok] / previous[ok]))) if ok.any() else 0.0
-        if delta < tol:
+        ok = (theta > 0) & (previous > 0)
+        if not ok.any() or np.max(np.abs(np.log(theta[ok] / previous[ok]))) < tol:
             break
+    R = X - M
     w = _weights(M, s2, mu, theta)
-    Xw = Xc / w
-    num = (Xw * s2[:, None]).T @ Xw  # sum_i s_i^2 xc_ij xc_ik / (w_ij w_ik)
-    Sw = s2[:, None] / w
-    den = Sw.T @ Sw  # sum_i s_i^4 / (w_ij w_ik)
-    cov = num / den
+    cov = _weighted_products(R, s2, w) / _depth_products(s2, w)
+    V = M + np.outer(s2, np.maximum(sigma2, 0.0))
+    V[V <= 0] = 1.0
     with np.errstate(invalid="ignore", divide="ignore"):
-        sd = np.sqrt(np.where(sigma2 > 0, sigma2, np.nan))
+        z = _weighted_products(R, s2, V) / np.sqrt(_depth_products(s2, V))
+        negative = ~(sigma2 > 0)
+        sd = np.sqrt(np.where(negative, 1.0, sigma2))
         corr = np.clip(cov / np.outer(sd, sd), -1.0, 1.0)
-        # variance of the weighted sum under independence: sum_i s_i^4 V_ij V_ik / (w_ij w_ik)^2
-        V = M + np.outer(s2, np.maximum(sigma2, 0.0))
-        A = s2[:, None] * V / w**2
-        z = num / np.sqrt(A.T @ A)
-    np.fill_diagonal(corr, np.where(np.isfinite(np.diag(corr)), 1.0, np.nan))
-    np.fill_diagonal(z, 0.0)
+    corr[negative, :] = 0.0
+    corr[:, negative] = 0.0
+    np.fill_diagonal(corr, 1.0)
     z = np.where(np.isfinite(z), z, 0.0)
+    np.fill_diagonal(z, 0.0)
     p = 2.0 * stats.norm.sf(np.abs(z))
-    return CoexpressionResult(corr, z, p, mu, sigma2, n_iter)
+    return CoexpressionResult(corr, z, p, mu, sigma2, n_iter, float(_median_theta(theta)))
+
+
+def _median_theta(theta: np.ndarray) -> float:
+    pos = theta[np.isfinite(theta) & (theta > 0)]
+    return float(np.median(pos)) if len(pos) else np.inf
 
 
 def _weights(M: np.ndarray, s2: np.ndarray, mu: np.ndarray, theta: np.ndarray) -> np.ndarray:
-    """IRLS weights ``s_i mu_j + s_i^2 mu_j^2 / theta_j`` (a missing theta takes the median; a negative one: Poisson)."""
-    theta = theta.copy()
-    bad = ~np.isfinite(theta)
-    if bad.any():
-        theta[bad] = np.nanmedian(np.where(np.isfinite(theta), theta, np.nan)) if (~bad).any() else np.inf
-    theta[theta < 0] = np.inf
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w = M + np.outer(s2, mu**2 / theta)
+    """IRLS variances ``s_i mu_j + s_i^2 mu_j^2 / theta`` with the median positive ``theta`` (``<= 0`` set to 1)."""
+    w = M + np.outer(s2, mu**2 / _median_theta(theta))
     w[~np.isfinite(w) | (w <= 0)] = 1.0
     return w
+
+
+def _weighted_products(R: np.ndarray, s2: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``sum_i s_i^2 R_ij R_ik / (w_ij w_ik)`` for all gene pairs."""
+    Rw = R / w
+    return (Rw * s2[:, None]).T @ Rw
+
+
+def _depth_products(s2: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``sum_i s_i^4 / (w_ij w_ik)`` for all gene pairs."""
+    Sw = s2[:, None] / w
+    return Sw.T @ Sw
 
 
 def pearson_coexpression(values: np.ndarray | sp.spmatrix) -> CoexpressionResult:
@@ -294,7 +306,7 @@ def pearson_coexpression(values: np.ndarray | sp.spmatrix) -> CoexpressionResult
     Returns
     -------
     CoexpressionResult
-        Correlations (NaN for constant genes), t statistics and two-sided p-values.
+        Correlations (0 for a constant gene), t statistics and two-sided p-values.
     """
     X = _dense(values)
     n = X.shape[0]
@@ -305,8 +317,8 @@ def pearson_coexpression(values: np.ndarray | sp.spmatrix) -> CoexpressionResult
     sd = np.sqrt((Xc**2).sum(axis=0))
     with np.errstate(invalid="ignore", divide="ignore"):
         Z = Xc / np.where(sd > 0, sd, np.nan)
-        corr = np.clip(Z.T @ Z, -1.0, 1.0)
-        np.fill_diagonal(corr, np.where(sd > 0, 1.0, np.nan))
+        corr = np.nan_to_num(np.clip(Z.T @ Z, -1.0, 1.0))  # a constant gene correlates with nothing
+        np.fill_diagonal(corr, 1.0)
         t = corr * np.sqrt((n - 2) / np.maximum(1.0 - corr**2, 1e-300))
     t = np.where(np.isfinite(t), t, 0.0)
     np.fill_diagonal(t, 0.0)

@@ -38,7 +38,7 @@ def test_get_gene_similarity_model_and_adatas(trained):
     assert set(mouse_only["species"]) == {"mouse"}
     with pytest.raises(KeyError, match="none of the genes"):
         mgf.get.gene_similarity(model, ["NOT_A_GENE"])
-    with pytest.raises(KeyError, match="run mgf.tl.gene_embedding"):
+    with pytest.raises(KeyError, match=r"run mgf\.tl\.gene_embedding"):
         mgf.get.gene_similarity({"x": mgf.datasets.pbmc3k()}, ["CD74"])
     df = mgf.get.gene_embeddings(adatas)
     assert df.shape == (300, 5 + 32) and set(df["species"]) == {"human", "mouse"}

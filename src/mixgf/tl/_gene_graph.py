@@ -452,7 +452,13 @@ def gene_embedding(
 
     Examples
     --------
-    See :func:`train_gene_embedding`.
+    >>> import mixgf as mgf
+    >>> adata = mgf.datasets.pbmc3k()
+    >>> mgf.tl.gene_graph(adata, n_top_genes=100)
+    >>> model = mgf.tl.train_gene_embedding({"pbmc": adata}, epochs=2, progress=False)
+    >>> mgf.tl.gene_embedding(adata, model)
+    >>> int(adata.uns["mixgf_gene_graph"]["params"]["n_top_genes"]), adata.varm["X_mixgf_gene"].shape
+    (100, (16634, 32))
     """
     if isinstance(model, str) or hasattr(model, "__fspath__"):
         model = GeneEmbeddingModel.load(model)

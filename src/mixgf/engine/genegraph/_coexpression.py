@@ -160,6 +160,15 @@ def select_genes(
     -------
     tuple of numpy.ndarray
         Column indices of the selected genes (ascending), and the score of every gene (NaN if not expressed).
+
+    Examples
+    --------
+    >>> import mixgf as mgf
+    >>> from mixgf.engine.genegraph import select_genes
+    >>> adata = mgf.datasets.pbmc3k()
+    >>> idx, score = select_genes(adata.X, 50)
+    >>> len(idx), "LYZ" in adata.var_names[idx]
+    (50, True)
     """
     X = _as_csr(counts)
     detected = np.asarray((X > 0).sum(axis=0)).ravel()
@@ -226,6 +235,21 @@ def cscore(
         Correlations clipped to ``[-1, 1]`` (0 for a gene with a negative variance estimate: no detectable
         biological variation), z statistics and two-sided normal p-values; ``mean`` and ``variance`` are ``mu`` and
         ``sigma_jj``; ``theta`` the median ``theta`` of the final weights.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mixgf as mgf
+    >>> from mixgf.engine.genegraph import cscore
+    >>> adata = mgf.datasets.pbmc3k()
+    >>> genes = ["CD79A", "CD79B", "LYZ", "S100A9", "CD3D"]
+    >>> counts = adata[:, genes].X
+    >>> depth = np.asarray(adata.X.sum(axis=1)).ravel()
+    >>> res = cscore(counts, depth)
+    >>> res.correlation.round(2)[0, 1], bool(res.pvalues[0, 1] < 1e-50)
+    (np.float64(0.55), True)
+    >>> bool(res.correlation[2, 4] < 0)  # monocyte LYZ vs T-cell CD3D
+    True
     """
     X = _dense(counts)
     s = np.asarray(seq_depth, dtype=np.float64).ravel()
@@ -307,6 +331,18 @@ def pearson_coexpression(values: np.ndarray | sp.spmatrix) -> CoexpressionResult
     -------
     CoexpressionResult
         Correlations (0 for a constant gene), t statistics and two-sided p-values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mixgf as mgf
+    >>> from mixgf.engine.genegraph import pearson_coexpression
+    >>> adata = mgf.datasets.pbmc3k()
+    >>> x = adata[:, ["CD79A", "CD79B"]].X.toarray()
+    >>> logn = np.log1p(x * 1e4 / np.asarray(adata.X.sum(axis=1)))
+    >>> res = pearson_coexpression(logn)
+    >>> bool(np.isclose(res.correlation[0, 1], np.corrcoef(logn.T)[0, 1]))
+    True
     """
     X = _dense(values)
     n = X.shape[0]

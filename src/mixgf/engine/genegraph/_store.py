@@ -67,7 +67,18 @@ class GeneEmbeddingModel:
 
     Examples
     --------
-    See :func:`mixgf.tl.train_gene_embedding`.
+    >>> import tempfile
+    >>> import mixgf as mgf
+    >>> adata = mgf.datasets.pbmc3k()
+    >>> mgf.tl.gene_graph(adata, n_top_genes=100)
+    >>> model = mgf.tl.train_gene_embedding({"pbmc": adata}, epochs=2, progress=False)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = model.save(d + "/genes")
+    ...     back = mgf.engine.genegraph.GeneEmbeddingModel.load(d + "/genes")
+    >>> back
+    GeneEmbeddingModel(1 datasets (human), 32-d gene embeddings)
+    >>> back.to_df().iloc[:, :4].columns.tolist()
+    ['dataset', 'group', 'species', 'gene']
     """
 
     datasets: list[str]

@@ -181,13 +181,22 @@ def train_gene_graphs(
     >>> import numpy as np
     >>> import mixgf as mgf
     >>> from mixgf.engine.genegraph import (
-    ...     GeneGraph, adjacency_from_pvalues, cscore, heldout_edge_auc, pearson_residuals, select_genes,
-    ...     train_gene_graphs)
+    ...     GeneGraph,
+    ...     adjacency_from_pvalues,
+    ...     cscore,
+    ...     heldout_edge_auc,
+    ...     pearson_residuals,
+    ...     select_genes,
+    ...     train_gene_graphs,
+    ... )
     >>> X = mgf.datasets.pbmc3k().X
     >>> idx, _ = select_genes(X, 100)
     >>> res = cscore(X[:, idx], np.asarray(X.sum(axis=1)).ravel())
-    >>> graph = GeneGraph(pearson_residuals(X, idx).T, adjacency_from_pvalues(res, 0.005, positive_only=True),
-    ...                   keys=[str(i) for i in idx])
+    >>> graph = GeneGraph(
+    ...     pearson_residuals(X, idx).T,
+    ...     adjacency_from_pvalues(res, 0.005, positive_only=True),
+    ...     keys=[str(i) for i in idx],
+    ... )
     >>> out = train_gene_graphs([graph], n_groups=1, epochs=20)
     >>> out.embeddings[0].shape
     (100, 32)

@@ -122,7 +122,8 @@ def test_train_and_write_embeddings(trio, model, tmp_path):
 
 
 def test_train_is_reproducible(trio, model):
-    again = mgf.tl.train_gene_embedding(trio, group_by=["blood", "blood", "pancreas"], epochs=10, progress=False)
+    with mgf.settings.override(progress_bar=False):  # progress=None follows the settings
+        again = mgf.tl.train_gene_embedding(trio, group_by=["blood", "blood", "pancreas"], epochs=10)
     assert all(np.array_equal(x, y) for x, y in zip(model.embeddings, again.embeddings, strict=True))
 
 

@@ -306,7 +306,7 @@ def train_gene_embedding(
     device
         Torch device; `None` uses :attr:`mixgf.settings.device` (a GPU when there is one).
     progress
-        Progress bar; `None` follows :attr:`mixgf.settings.progress`.
+        Progress bar; `None` follows :attr:`mixgf.settings.progress_bar`.
 
     Returns
     -------
@@ -365,7 +365,7 @@ def train_gene_embedding(
             )
             raise ValueError(msg)
     dev = resolve_device(device)
-    show = settings.progress if progress is None else progress
+    show = settings.progress_bar if progress is None else progress
     t0 = logg.info(f"training gene embeddings on {len(graphs)} graphs in {len(group_names)} groups on {dev}")
     res = train_gene_graphs(
         graphs,

@@ -48,6 +48,14 @@ class CoexpressionResult:
         IRLS iterations (0 for Pearson).
     theta
         CS-CORE: the median ``mu^2 / sigma`` used in the final weights (NaN for Pearson).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixgf.engine.genegraph import pearson_coexpression
+    >>> res = pearson_coexpression(np.array([[1.0, 2.0], [2.0, 4.1], [3.0, 5.9], [4.0, 8.2]]))
+    >>> res.correlation.shape, bool(res.pvalues[0, 1] < 0.01)
+    ((2, 2), True)
     """
 
     correlation: np.ndarray

@@ -26,6 +26,15 @@ class GeneGraph:
         Per gene the key that names "the same gene" in every dataset (e.g. a human Ensembl ID, orthologs mapped).
     group
         Group index (datasets of one group share the 2nd and 3rd layers).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> from mixgf.engine.genegraph import GeneGraph
+    >>> g = GeneGraph(np.zeros((3, 10)), sp.csr_matrix(np.eye(3)[[1, 0, 2]]), ["CD3E", "CD3D", "LYZ"])
+    >>> g.features.dtype, g.adjacency.nnz
+    (dtype('float32'), 3)
     """
 
     features: np.ndarray
@@ -52,13 +61,21 @@ class TrainResult:
     Attributes
     ----------
     state_dict
-        Weights of the :class:`~mixgf.engine.genegraph.GeneGraphNet` (on CPU).
+        Weights of the network (``mixgf.engine.genegraph._model.GeneGraphNet``), on the CPU.
     embeddings
         Per dataset the genes x d_out embedding (float32).
     heldout
         Per dataset ``(edges, non_edges)``: gene-index pairs (k x 2) hidden from training.
     history
         Per epoch the mean losses (``loss``, ``rec``, ``sim``, ``con``), ``seconds`` and the ``device``.
+
+    Examples
+    --------
+    See :func:`train_gene_graphs`, which returns one:
+
+    >>> from mixgf.engine.genegraph import TrainResult
+    >>> sorted(TrainResult.__dataclass_fields__)
+    ['embeddings', 'heldout', 'history', 'state_dict']
     """
 
     state_dict: dict[str, Any]

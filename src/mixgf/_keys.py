@@ -43,3 +43,10 @@ PROTOTYPES_KEY = "mixgf_prototypes"
 
 FRACTIONS_KEY = "mixgf_fractions"
 """``obsm`` key of the cell-type fractions of mixtures (bulk samples or spots) and ``uns`` key of the fit."""
+
+GENE_GRAPH_KEY = "mixgf_gene_graph"
+"""``varp`` key of the gene co-expression graph of :func:`mixgf.tl.gene_graph` (``_correlation`` beside it), ``var``
+key of the genes it uses (``_key``: their cross-dataset key) and ``uns`` key of its summary and parameters."""
+
+GENE_EMBEDDING_KEY = "X_mixgf_gene"
+"""``varm`` key of the gene embeddings of :func:`mixgf.tl.gene_embedding` (``uns`` key of their parameters)."""

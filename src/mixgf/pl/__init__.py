@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._classify import classify_scores, confusion_matrix
 from ._fractions import fractions, fractions_vs_truth
+from ._gene_graph import gene_similarity, gene_umap
 from ._perturb import perturb_shift, perturb_volcano
 from ._umap import umap
 
@@ -12,6 +13,8 @@ __all__ = [
     "confusion_matrix",
     "fractions",
     "fractions_vs_truth",
+    "gene_similarity",
+    "gene_umap",
     "perturb_shift",
     "perturb_volcano",
     "umap",

@@ -5,7 +5,21 @@ from __future__ import annotations
 from ._classify import classify, train_classifier
 from ._deconvolve import deconvolve, prototypes
 from ._embed import embed, embed_genes
+from ._gene_graph import evaluate_gene_embedding, gene_embedding, gene_graph, train_gene_embedding
 from ._perturb import perturb
 from ._umap import umap
 
-__all__ = ["classify", "deconvolve", "embed", "embed_genes", "perturb", "prototypes", "train_classifier", "umap"]
+__all__ = [
+    "classify",
+    "deconvolve",
+    "embed",
+    "embed_genes",
+    "evaluate_gene_embedding",
+    "gene_embedding",
+    "gene_graph",
+    "perturb",
+    "prototypes",
+    "train_classifier",
+    "train_gene_embedding",
+    "umap",
+]

@@ -241,3 +241,30 @@ def test_controls_in_a_shared_random_subset_of_the_cells(tiny):
     assert (cut.stats["n_control_cells"] <= 4).all()
     assert (full.stats["n_control_cells"] >= cut.stats["n_control_cells"]).all()
     assert cut.stats["p_value"].between(0, 1).all()
+
+
+def test_matched_test_keeps_its_size_with_controls_in_a_capped_subset_of_cells():
+    """A simulated null screen in many cells: genes 0-199 tested as a list against controls among genes 200-399,
+    each gene's controls perturbed in at most 25 of its cells (the layout of run_screen with control_cells=25).
+
+    A control shared by several tested genes is perturbed in the union of their capped cells, so a gene is compared
+    with its controls in more than 25 cells, but in fewer than all of its cells.
+    """
+    pvalues, used, cells = [], [], []
+    for seed in range(6):
+        shifts, detected, ranks, genes = _simulated_screen(seed, n_cells=300)
+        tested = genes[:200]
+        chosen = choose_controls(ranks, detected[:, :200], tested, np.arange(200, 400), 20, "delete", seed=seed)
+        all_sets, cols, want = control_columns(tested, chosen, detected[:, :200], 25, seed=seed)
+        wide = np.full((shifts.shape[0], len(all_sets)), np.nan)
+        for j, members in enumerate(all_sets):
+            rows = want[:, j] & detected[:, members[0]]
+            wide[rows, j] = shifts[rows, members[0]]
+        _, _, _, p, _, n_cells = matched_test(wide, detected[:, :200], 200, cols, all_sets, ranks)
+        pvalues.append(p[np.isfinite(p)])
+        used.append(n_cells[np.isfinite(p)])
+        cells.append(detected[:, :200].sum(axis=0)[np.isfinite(p)])
+    p, used, cells = np.concatenate(pvalues), np.concatenate(used), np.concatenate(cells)
+    assert p.shape[0] > 1_000 and (used < cells).mean() > 0.9  # the cap bites for most genes
+    assert stats.kstest(p, "uniform").pvalue > 0.01
+    assert abs((p < 0.05).mean() - 0.05) < 0.02

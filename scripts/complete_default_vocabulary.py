@@ -51,7 +51,8 @@ def main() -> None:
     old = MixGeneformer.load()
     ov = old.vocab
     if ov.untrained is not None:
-        raise SystemExit("the default model's vocabulary is already complete (it records its untrained tokens)")
+        msg = "the default model's vocabulary is already complete (it records its untrained tokens)"
+        raise SystemExit(msg)
     heldout = json.loads((DEFAULT_MODEL_DIR / "heldout.json").read_text())
     train, keys = [], []
     for entry in cfg["data"]:

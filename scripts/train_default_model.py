@@ -177,6 +177,31 @@ def evaluate(model: MixGeneformer, random_model: MixGeneformer, corpus, heldout:
     return res
 
 
+def vocab_text(model: MixGeneformer) -> str:
+    v = model.vocab
+    n = {sp: int((v.gene_species == sp).sum()) for sp in ("human", "mouse")}
+    text = f"`{v.name}`: {len(v):,} tokens ({n['human']:,} human, {n['mouse']:,} mouse genes)"
+    if v.untrained is not None:
+        text += f", of which {len(v) - len(v.specials) - v.untrained.size:,} seen in training"
+    return text + f"; rules: top {v.rules.max_len} genes, `{v.rules.normalization}`"
+
+
+def untrained_text(model: MixGeneformer) -> str:
+    v = model.vocab
+    if v.untrained is None:
+        return ""
+    return (
+        "\n\n**Complete vocabulary, partly untrained.** Every gene of Geneformer's 95M-cell dictionary and every mouse "
+        "gene with a one-to-one human ortholog has a token, so any human or mouse gene can be embedded or perturbed "
+        f"(e.g. the kidney's Umod). {v.untrained.size:,} gene tokens never occurred in a training cell (nor in a "
+        "cell's ortholog-projected copy): their embeddings are untrained (appended tokens start as the mean "
+        "embedding of the trained ones), `vocab.json` lists them (`untrained`), and `tl.embed` / `tl.perturb` say "
+        "so once per call (`get.perturb_df` column `in_training_data`). The appended tokens were added by "
+        "`scripts/complete_default_vocabulary.py`, after training; the weights of every trained token and layer "
+        "are those of the training run."
+    )
+
+
 def write_card(path: Path, model: MixGeneformer, cfg: dict, res: dict, hist: pd.DataFrame, cmd: str) -> None:
     m = model.metadata
     c = model.config
@@ -207,7 +232,7 @@ cells, 6 layers × 256): use it for demos, tests, tutorials and as a baseline, a
 | | |
 |---|---|
 | architecture | BERT encoder, {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, FFN {c.intermediate_size}, {c.hidden_act}, post-LayerNorm, {c.max_position_embeddings} positions |
-| vocabulary | `{model.vocab.name}`: {len(model.vocab):,} tokens ({int((model.vocab.gene_species == "human").sum()):,} human, {int((model.vocab.gene_species == "mouse").sum()):,} mouse genes); rules: top {model.vocab.rules.max_len} genes, `{model.vocab.rules.normalization}` |
+| vocabulary | {vocab_text(model)} |
 | parameters | {sum(p.numel() for p in model.encoder.parameters()):,} |
 | objective | {tc["mlm_weight"]} × MLM ({tc["mask_prob"]:.0%} of genes, 80/10/10) + {tc["simcse_weight"]} × SimCSE (τ {tc["simcse_temperature"]}) + {tc["xspec_weight"]} × cross-species InfoNCE (τ {tc["xspec_temperature"]}) |
 | training | {tc["steps"]} steps, token budget {tc["token_budget"]:,} padded tokens (≤ {tc["max_cells"]} cells) per step, cells cut to their top {tc["train_max_len"]} genes, AdamW lr {tc["lr"]} (warm-up {tc["warmup_steps"]}, cosine), weight decay {tc["weight_decay"]}, seed {tc["seed"]} |
@@ -229,7 +254,7 @@ distributed in GPL-3 R packages, used here for training only, not shipped; cellt
 
 Gene medians: human genes use Geneformer's 95M-cell medians; mouse genes use medians of this corpus where a gene is
 non-zero in ≥ 20 training cells, else their one-to-one human ortholog's median; `vocab.json` records the source
-of every median.
+of every median.{untrained_text(model)}
 
 ## Losses during training (training batches)
 

@@ -25,10 +25,15 @@ def test_presets():
     mix = Vocabulary.load("mixgf")
     assert mix.species == ("human", "mouse")
     assert mix.dtype == np.uint16
-    # the default vocabulary keeps the corpus's genes; human medians are Geneformer 95M's
+    # the default vocabulary: the corpus's genes, then the genes appended to complete it (each part sorted);
+    # human medians are Geneformer 95M's
     human = np.flatnonzero(mix.gene_species == "human")
     human_ids = [mix.tokens[i] for i in human]
-    assert human_ids == sorted(human_ids) and len(human_ids) > 10_000
+    first = int(mix.provenance["extended_from_tokens"])
+    for part in (human[human < first], human[human >= first]):
+        ids = [mix.tokens[i] for i in part]
+        assert ids == sorted(ids)
+    assert len(human_ids) == 20_271
     v2_index = {t: i for i, t in enumerate(v2.tokens)}
     assert all(t in v2_index for t in human_ids)
     np.testing.assert_array_equal(mix.medians[human], v2.medians[[v2_index[t] for t in human_ids]])
@@ -140,3 +145,38 @@ def test_tsv_tables_are_gzip_text():
     with gzip.open(mgf.genes._tables.DATA_DIR / "geneformer_gene_name_id_gc95M.tsv.gz", "rt") as f:
         head = io.StringIO(f.read(200)).readline()
     assert head.strip().split("\t") == ["gene_symbol", "ensembl_id"]
+
+
+def test_default_vocabulary_is_complete_and_records_its_untrained_tokens(tmp_path):
+    v = Vocabulary.load("mixgf")
+    gf = Vocabulary.load("geneformer-v2")
+    human = set(np.asarray(gf.tokens, dtype=object)[gf.is_gene])
+    assert human <= set(v.tokens)  # every gene of Geneformer's 95M-cell dictionary
+    orth = mgf.genes.orthologs()
+    mouse_with_median = [m for m in orth["mouse_id"] if m in v]
+    assert len(mouse_with_median) > 0.95 * len(orth)  # one-to-one orthologs (those of known median)
+    umod, gapdh, gapdh_mouse = v.token_ids(["ENSMUSG00000030963", "ENSG00000111640", "ENSMUSG00000057666"])
+    assert umod >= 0 and not v.trained[umod] and v.trained[gapdh] and v.trained[gapdh_mouse]
+    assert v.untrained.size == (~v.trained).sum() and v.is_gene[v.untrained].all()
+    w = Vocabulary.load(v.save(tmp_path / "v.json.gz"))
+    np.testing.assert_array_equal(w.untrained, v.untrained)
+    assert w.sha256 == v.sha256
+    assert Vocabulary.load("geneformer-v2").untrained is None and Vocabulary.load("geneformer-v2").trained.all()
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        Vocabulary(["<pad>", "ENSG00000111640"], np.array([np.nan, 1.0]), {"pad": "<pad>"}, untrained=[2])
+
+
+def test_build_vocabulary_complete_adds_genes_the_corpus_lacks(baron_full):
+    with mgf.settings.override(verbosity="error"):
+        corpus = mgf.pp.build_vocabulary([baron_full[:100]], add_orthologs=False)
+        full = mgf.pp.build_vocabulary([baron_full[:100]], add_orthologs=False, complete=True)
+    umod = "ENSMUSG00000030963"  # a kidney gene: not expressed in these pancreas cells
+    assert umod not in corpus and umod in full
+    assert full.median_source[full.token_ids([umod])[0]] == "ortholog:geneformer_gc95M"
+    assert set(corpus.tokens) <= set(full.tokens) and full.provenance["complete"]
+    gf = Vocabulary.load("geneformer-v2")
+    ids = full.token_ids(np.asarray(gf.tokens, dtype=object)[gf.is_gene])
+    assert (ids >= 0).all()
+    np.testing.assert_allclose(full.medians[ids], gf.medians[gf.is_gene])  # human medians are Geneformer's
+    kept = [t for t in corpus.tokens if t in full and corpus.is_gene[corpus.token_ids([t])[0]]]
+    np.testing.assert_allclose(full.medians[full.token_ids(kept)], corpus.medians[corpus.token_ids(kept)])

@@ -236,3 +236,34 @@ def test_every_non_exact_gene_name_is_logged(monkeypatch):
     assert "'GCG' mapped to its one-to-one mouse ortholog Gcg" in text
     assert "'ENSMUSG00000035804.5' taken as mouse gene Ins1" in text and "version stripped" in text
     assert "Pdx1" not in text
+
+
+def test_umod_on_mouse_cells_runs_and_says_its_token_is_untrained(baron_full, default_model):
+    """The documented line on the user's own kidney-like data: real Baron mouse pancreas cells with Umod counts added.
+
+    Umod is not expressed in pancreas; 12 of the real cells get Umod counts (8-30, an artificial addition, so that
+    the gene is among their top-ranked genes), the others keep their counts unchanged.
+    """
+    cells = baron_full[:60]
+    rng = np.random.default_rng(0)
+    umod = np.zeros((cells.n_obs, 1), dtype=np.float32)
+    umod[:12, 0] = rng.integers(8, 31, size=12)
+    x = np.hstack([np.asarray(cells.X.todense()), umod])
+    adata = ad.AnnData(x, obs=cells.obs.copy(), var=pd.DataFrame(index=[*cells.var_names, "Umod"]))
+    assert not default_model.vocab.trained[default_model.vocab.token_ids(["ENSMUSG00000030963"])[0]]
+    with pytest.warns(UserWarning, match="Umod was not in the training data") as record:
+        mgf.tl.perturb(adata, genes=["Umod"], model=default_model, n_controls=5, control_cells=6)
+    assert sum("Umod was not in the training data" in str(w.message) for w in record) == 1  # once per call
+    df = mgf.get.perturb_df(adata)
+    row = df.loc["Umod"]
+    assert row["n_cells"] == 12 and not row["in_training_data"]
+    assert row["ensembl_id"] == "ENSMUSG00000030963" and row["species"] == "mouse"
+    assert np.isfinite(row["shift_mean"]) and 0 <= row["p_value"] <= 1
+    shifts = adata.obsm[f"{KEY}_shift"]["Umod"].to_numpy()
+    assert np.isfinite(shifts[:12]).all() and np.isnan(shifts[12:]).all()
+    # the controls are genes the model was trained on
+    controls = [c for c in row["control_genes"].split(";") if c]
+    ids = mgf.genes.resolve_genes(controls, default_model.vocab, "mouse")
+    assert default_model.vocab.trained[[g.token for g in ids]].all()
+    with pytest.warns(UserWarning, match="were not in the training data"):
+        mgf.tl.embed(adata[:12].copy(), model=default_model)

@@ -67,7 +67,7 @@ def token_state_means(
     >>> tokens, lengths = adata.obsm["mixgf_tokens"], adata.obs["mixgf_tokens_n_tokens"].to_numpy()
     >>> means, counts = token_state_means(model.encoder, tokens, lengths)
     >>> means.shape, int(counts.sum()) == int(lengths.sum())
-    ((29629, 128), True)
+    ((37677, 128), True)
     >>> cd74, gapdh_mouse = model.vocab.token_ids(["ENSG00000019582", "ENSMUSG00000057666"])
     >>> int(counts[cd74]), bool(np.isnan(means[gapdh_mouse]).all())  # no mouse gene in human cells
     (5, True)

@@ -155,6 +155,9 @@ class Vocabulary:
         The Ensembl mapping dictionary of ``rules.id_mapping="geneformer"``: the name of a packaged table
         (``"geneformer_gc95M"``) or ``{input name: Ensembl ID}`` as read from a Geneformer
         ``ensembl_mapping_dict*.pkl``. `None` for other rules.
+    untrained
+        Ids of the gene tokens that a model trained with this vocabulary never saw in its training cells (their
+        embeddings are untrained); `None` where that is not recorded. See :attr:`trained`.
 
     Examples
     --------
@@ -172,9 +175,15 @@ class Vocabulary:
     median_source: list[str] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     id_map: str | dict[str, str] | None = None
+    untrained: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.tokens = list(self.tokens)
+        if self.untrained is not None:
+            self.untrained = np.unique(np.asarray(self.untrained, dtype=np.int64))
+            if self.untrained.size and (self.untrained[0] < 0 or self.untrained[-1] >= len(self.tokens)):
+                msg = "untrained holds token ids outside the vocabulary."
+                raise ValueError(msg)
         self.medians = np.asarray(self.medians, dtype=np.float64)
         if self.median_source is None:
             self.median_source = ["" if t in self.specials.values() else "unknown" for t in self.tokens]
@@ -212,6 +221,14 @@ class Vocabulary:
     @cached_property
     def _index(self) -> pd.Index:
         return pd.Index(self.tokens)
+
+    @property
+    def trained(self) -> np.ndarray:
+        """Per token: whether the model's training cells had it (all `True` where :attr:`untrained` is `None`)."""
+        out = np.ones(len(self.tokens), dtype=bool)
+        if self.untrained is not None:
+            out[self.untrained] = False
+        return out
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -337,7 +354,9 @@ class Vocabulary:
         sources = sorted(set(self.median_source))
         code = {s: i for i, s in enumerate(sources)}
         rules = {k: v for k, v in asdict(self.rules).items() if k not in _LATER_RULES or v != _LATER_RULES[k]}
-        extra = {} if self.id_map is None else {"id_map": self.id_map}
+        extra: dict[str, Any] = {} if self.id_map is None else {"id_map": self.id_map}
+        if self.untrained is not None:
+            extra["untrained"] = self.untrained.tolist()
         return {
             **extra,
             "format": FORMAT,
@@ -367,6 +386,7 @@ class Vocabulary:
             median_source=[sources[i] for i in d["median_source"]],
             provenance=dict(d.get("provenance", {})),
             id_map=d.get("id_map"),
+            untrained=d.get("untrained"),
         )
 
     def to_json(self) -> str:

@@ -209,7 +209,7 @@ class MLMHead(nn.Module):
     >>> with torch.no_grad():
     ...     logits = head(torch.randn(3, 128), encoder.embeddings.word.weight)
     >>> logits.shape
-    torch.Size([3, 29629])
+    torch.Size([3, 37677])
     """
 
     def __init__(self, config: EncoderConfig) -> None:

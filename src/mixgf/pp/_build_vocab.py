@@ -27,6 +27,7 @@ def build_vocabulary(
     min_cells: int = 1,
     corpus_min_cells: int = 20,
     add_orthologs: bool = True,
+    complete: bool = False,
     rules: TokenizerRules = MIX_GENEFORMER_RULES,
     name: str = "mixgf-corpus",
 ) -> Vocabulary:
@@ -40,7 +41,10 @@ def build_vocabulary(
       human ortholog's median.
 
     With ``add_orthologs``, the one-to-one ortholog of every kept gene is added too (so the cross-species term of
-    pre-training can project every cell). Each token records where its median came from.
+    pre-training can project every cell). With ``complete``, every gene of Geneformer's 95M-cell dictionary and
+    every mouse gene with a one-to-one human ortholog get a token as well, expressed in the corpus or not (mouse:
+    the corpus median where it has one, else the ortholog's), so that a model can be handed any human or mouse
+    gene. Each token records where its median came from.
 
     Parameters
     ----------
@@ -56,6 +60,9 @@ def build_vocabulary(
         Minimum non-zero cells for a mouse (or, with ``"corpus"``, human) median to come from the corpus.
     add_orthologs
         Add one-to-one orthologs of the kept genes.
+    complete
+        Also add every gene of Geneformer's 95M-cell dictionary and every mouse gene with a one-to-one human
+        ortholog of known median.
     rules
         Tokenization rules of the vocabulary (Mix-Geneformer's by default).
     name
@@ -116,6 +123,13 @@ def build_vocabulary(
         for gid in list(rows):
             if gid.startswith("ENSG") and gid in h2m and h2m[gid] not in rows:
                 rows[h2m[gid]] = (rows[gid][0], f"ortholog:{rows[gid][1]}")
+    if complete:
+        for gid, median in gf_med.items():
+            rows.setdefault(gid, (float(median), "geneformer_gc95M"))
+        for mid, hid in m2h.items():
+            hm = None if mid in rows else human_median(hid)
+            if hm is not None:
+                rows[mid] = hm
     human = sorted(g for g in rows if g.startswith("ENSG"))
     mouse = sorted(g for g in rows if g.startswith("ENSMUSG"))
     tokens = list(SPECIALS.values()) + human + mouse
@@ -134,6 +148,7 @@ def build_vocabulary(
             "min_cells": min_cells,
             "corpus_min_cells": corpus_min_cells,
             "add_orthologs": add_orthologs,
+            "complete": complete,
             "corpus_cells": int(sum(a.n_obs for a in adatas)),
         },
     )

@@ -20,6 +20,8 @@ from ._utils import (
     split_layer,
     token_source,
     uns_key,
+    untrained_present,
+    warn_untrained,
 )
 
 if TYPE_CHECKING:
@@ -162,8 +164,10 @@ def embed(
     idx = share[has_genes[share]]
     local = np.empty((idx.shape[0], hidden), dtype=np.float32)
     progress = settings.progress_bar and rank == 0
+    untrained: list[np.ndarray] = []
     if idx.size and src.in_memory:
         local[:] = embed_tokens(mdl.encoder, src.tokens[idx], lengths[idx], progress=progress, **emb_kw)
+        untrained.append(untrained_present(mdl, src.tokens[idx]))
     elif idx.size:
         # token store: read and embed blocks of consecutive cells, never the whole padded matrix
         step = src.chunk_cells()
@@ -177,6 +181,7 @@ def embed(
             block = src.block(a, b)[keep]
             k = int(keep.sum())
             local[done : done + k] = embed_tokens(mdl.encoder, block, lengths[a:b][keep], **emb_kw)
+            untrained.append(untrained_present(mdl, block))
             done += k
             if bar is not None:
                 bar.update(k)
@@ -187,6 +192,8 @@ def embed(
         out[idx] = local
     else:
         out = all_gather_rows(local, idx, target.n_obs)
+    if rank == 0:
+        warn_untrained(mdl, np.unique(np.concatenate([np.empty(0, np.int64), *untrained])), tested=False)
     if (~has_genes).any():
         logg.warn(
             f"{int((~has_genes).sum())} cells have no gene token (e.g. {target.obs_names[~has_genes][:5].tolist()}); "

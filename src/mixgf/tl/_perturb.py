@@ -26,6 +26,8 @@ from ._utils import (
     split_layer,
     store_path,
     token_source,
+    untrained_present,
+    warn_untrained,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +53,7 @@ _RESULT_COLUMNS = [
     "test",
     "query",
     "via_ortholog",
+    "in_training_data",
     "control_genes",
 ]
 
@@ -318,7 +321,8 @@ def perturb(
         One row per gene or gene set: ``gene``, ``ensembl_id``, ``species``, ``mode``, ``n_cells``, ``shift_mean``,
         ``shift_median``, ``shift_sd``, ``expected_shift``, ``shift_vs_expected``, ``n_controls``,
         ``n_control_cells`` (cells in which the gene was compared with its controls), ``p_value``,
-        ``p_adj``, ``test``, ``query``, ``via_ortholog``, ``control_genes`` (and ``goal_source``,
+        ``p_adj``, ``test``, ``query``, ``via_ortholog``, ``in_training_data`` (`False` where a gene's token was
+        never in the model's training cells: its effect is not meaningful for that model), ``control_genes`` (and ``goal_source``,
         ``goal_target`` with a goal), sorted by p-value. Read it with :func:`mixgf.get.perturb_df`.
     ``adata.uns[key_added]["params"]`` : dict
         Model, hidden layer, pooling, mode, goal, test, cell counts (selected, perturbed, skipped), copies embedded, time.
@@ -379,6 +383,10 @@ def perturb(
     symbol_table = _symbol_table(vocab)
     sets, info = _tested_sets(genes, vocab, species, symbol_table, tokens, lengths)
     labels = _unique_labels([i["gene"] for i in info])
+    trained = vocab.trained
+    for s, i in zip(sets, info):
+        i["in_training_data"] = bool(trained[s].all())
+    warn_untrained(mdl, untrained_present(mdl, np.concatenate(sets)) if sets else np.empty(0, np.int64), tested=True)
     if test == "geneformer" and len(sets) < 2:
         logg.warn("test='geneformer' compares a gene with all perturbed genes pooled: it needs two or more genes.")
     t0 = logg.info(
@@ -389,7 +397,7 @@ def perturb(
     screen = run_screen(
         mdl.encoder, tokens, lengths, sets, mode=mode, rank_shift=rank_shift, test=test, n_controls=n_controls,
         control_cells=control_cells,
-        control_pool=None if every_gene else vocab.gene_species == species,
+        control_pool=None if every_gene else (vocab.gene_species == species) & vocab.trained,
         goal_tokens=None if goal_cells is None else src.take(goal_cells),
         goal_lengths=None if goal_cells is None else src.lengths[goal_cells],
         max_len=vocab.rules.max_len, n_front=n_front, n_back=n_back, layer=hidden_layer, pooling=pooling,
@@ -587,6 +595,7 @@ def _results_table(
             "test": test,
             "query": [i["query"] for i in info],
             "via_ortholog": [i["via_ortholog"] for i in info],
+            "in_training_data": [i["in_training_data"] for i in info],
             "control_genes": controls,
         },
         columns=_RESULT_COLUMNS,

@@ -176,6 +176,40 @@ def _open_store(adata: AnnData, model: MixGeneformer, tokens_key: str, path: str
     return TokenSource(lengths, pad_id, store=store, rows=rows)
 
 
+def untrained_present(model: MixGeneformer, tokens: np.ndarray) -> np.ndarray:
+    """Ids of the model's untrained gene tokens (never in its training cells) that occur in ``tokens``."""
+    untrained = model.vocab.untrained
+    if untrained is None or not untrained.size:
+        return np.empty(0, dtype=np.int64)
+    ids = np.unique(np.asarray(tokens))
+    return ids[np.isin(ids, untrained)]
+
+
+def warn_untrained(model: MixGeneformer, ids: np.ndarray, *, tested: bool) -> None:
+    """Say once that genes of the call have untrained tokens: tested genes (``tested``) or genes of the cells."""
+    if not len(ids):
+        return
+    from ..genes import id_to_symbol
+
+    vocab = model.vocab
+    names = [id_to_symbol(str(vocab.gene_species[i])).get(vocab.tokens[i], vocab.tokens[i]) for i in ids[:5]]
+    more = f" and {len(ids) - 5:,} more" if len(ids) > 5 else ""
+    one = len(ids) == 1
+    if tested:
+        logg.warn(
+            f"{', '.join(names)}{more} {'was' if one else 'were'} not in the training data of model {model.name!r}: "
+            f"{'its token embedding is' if one else 'their token embeddings are'} untrained, so "
+            f"{'its effect is' if one else 'their effects are'} not meaningful for this model (results column "
+            "'in_training_data')."
+        )
+    else:
+        logg.warn(
+            f"{len(ids):,} gene(s) of these cells ({', '.join(names)}{more}) were not in the training data of model "
+            f"{model.name!r}: their token embeddings are untrained (the mean of the trained ones), so they add "
+            "nothing of their own to the cell embeddings."
+        )
+
+
 def check_not_empty(adata: AnnData, action: str) -> None:
     """Refuse an AnnData without cells before anything is computed or written."""
     if adata.n_obs == 0:

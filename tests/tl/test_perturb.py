@@ -178,7 +178,7 @@ def test_unknown_gene_names_close_matches(a, default_model):
     with pytest.raises(KeyError, match="CD79A"):
         mgf.tl.perturb(a, genes=["CD7A"], model=default_model)
     with pytest.raises(KeyError, match="not in the vocabulary"):
-        mgf.tl.perturb(a, genes=["UMOD"], model=default_model)
+        mgf.tl.perturb(a, genes=["MALAT1"], model=default_model)  # a real gene outside the vocabulary
 
 
 def test_gene_in_no_selected_cell_warns_and_keeps_a_row(a, default_model):
@@ -251,6 +251,8 @@ def test_umod_on_mouse_cells_runs_and_says_its_token_is_untrained(baron_full, de
     x = np.hstack([np.asarray(cells.X.todense()), umod])
     adata = ad.AnnData(x, obs=cells.obs.copy(), var=pd.DataFrame(index=[*cells.var_names, "Umod"]))
     assert not default_model.vocab.trained[default_model.vocab.token_ids(["ENSMUSG00000030963"])[0]]
+    with mgf.settings.override(verbosity="error"):
+        mgf.pp.rank_tokenize(adata, max_len=256)  # each cell's top 256 genes, to keep the test fast
     with pytest.warns(UserWarning, match="Umod was not in the training data") as record:
         mgf.tl.perturb(adata, genes=["Umod"], model=default_model, n_controls=5, control_cells=6)
     assert sum("Umod was not in the training data" in str(w.message) for w in record) == 1  # once per call

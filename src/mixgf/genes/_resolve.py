@@ -116,7 +116,7 @@ def resolve_genes(names: Sequence[str], vocab: Vocabulary, species: Species) -> 
     >>> mgf.genes.resolve_genes(["CD7x"], vocab, "human")
     Traceback (most recent call last):
     ...
-    KeyError: "Gene 'CD7x' is not a known human or mouse gene symbol or Ensembl ID. Close matches in the vocabulary: CD7, CHD7, CDK7, CDC7, CD74."
+    KeyError: "Gene 'CD7x' is not a known human or mouse gene symbol or Ensembl ID. Close matches in the vocabulary: CD7, CHD7, CDX4, CDX2, CDX1."
     """
     _check_species(species)
     other = "mouse" if species == "human" else "human"

@@ -483,7 +483,7 @@ def load_model_dir(
     >>> from mixgf.model import describe, load_model_dir
     >>> model, config, extra_files, metadata = load_model_dir(mgf.MixGeneformer.load().path)
     >>> describe(model)
-    'BertEncoderModel(4 layers, hidden 128, 4 heads, 4.50M params, MLM head)'
+    'BertEncoderModel(4 layers, hidden 128, 4 heads, 5.54M params, MLM head)'
     >>> extra_files["vocab.json"].name, metadata["trained"]
     ('vocab.json', True)
     """

@@ -488,7 +488,7 @@ def describe(model: BertEncoderModel) -> str:
     >>> import mixgf as mgf
     >>> from mixgf.model import describe
     >>> describe(mgf.MixGeneformer.load().encoder)
-    'BertEncoderModel(4 layers, hidden 128, 4 heads, 4.50M params, MLM head)'
+    'BertEncoderModel(4 layers, hidden 128, 4 heads, 5.54M params, MLM head)'
     """
     c = model.config
     head = "MLM head" if model.mlm_head is not None else "no MLM head"

@@ -532,7 +532,7 @@ def coverage_report(adata: AnnData, *, key: str = TOKENS_KEY) -> str:
     >>> mgf.pp.rank_tokenize(adata, gene_id_key="gene_id")
     >>> print(mgf.pp.coverage_report(adata))  # doctest: +ELLIPSIS
     coverage of vocabulary 'mixgf' (human genes):
-        genes: 16,634 in the data, 16,634 with an Ensembl ID, 13,188 in the vocabulary
+        genes: 16,634 in the data, 16,634 with an Ensembl ID, 13,237 in the vocabulary
     ...
     """
     if key not in adata.uns or "coverage" not in adata.uns[key]:

@@ -43,3 +43,9 @@ PROTOTYPES_KEY = "mixgf_prototypes"
 
 FRACTIONS_KEY = "mixgf_fractions"
 """``obsm`` key of the cell-type fractions of mixtures (bulk samples or spots) and ``uns`` key of the fit."""
+
+IMAGE_FEATURES_KEY = "X_image"
+"""``obsm`` key of the per-spot image features of :func:`mixgf.tl.image_features` (``uns`` key of their names)."""
+
+PREDICTED_KEY = "mixgf_predicted"
+"""``obsm`` key of the expression predicted from histology by :func:`mixgf.tl.predict_expression`."""

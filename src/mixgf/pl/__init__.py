@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._classify import classify_scores, confusion_matrix
 from ._fractions import fractions, fractions_vs_truth
 from ._perturb import perturb_shift, perturb_volcano
+from ._spatial import spatial_prediction
 from ._umap import umap
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "fractions_vs_truth",
     "perturb_shift",
     "perturb_volcano",
+    "spatial_prediction",
     "umap",
 ]

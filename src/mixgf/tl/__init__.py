@@ -5,7 +5,20 @@ from __future__ import annotations
 from ._classify import classify, train_classifier
 from ._deconvolve import deconvolve, prototypes
 from ._embed import embed, embed_genes
+from ._histology import image_features, predict_expression, train_histology_model
 from ._perturb import perturb
 from ._umap import umap
 
-__all__ = ["classify", "deconvolve", "embed", "embed_genes", "perturb", "prototypes", "train_classifier", "umap"]
+__all__ = [
+    "classify",
+    "deconvolve",
+    "embed",
+    "embed_genes",
+    "image_features",
+    "perturb",
+    "predict_expression",
+    "prototypes",
+    "train_classifier",
+    "train_histology_model",
+    "umap",
+]

@@ -11,6 +11,7 @@ training spots' clusters and may drift, and the loss is CPNN's: NB negative log-
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ def build_composition_net(config: dict[str, Any]) -> Any:
 
     dims = [config["n_features"], *config["hidden"]]
     layers: list[nn.Module] = []
-    for a, b in zip(dims[:-1], dims[1:]):
+    for a, b in pairwise(dims):
         layers += [nn.Linear(a, b), nn.GELU(), nn.Dropout(config["dropout"])]
     layers.append(nn.Linear(dims[-1], config["n_types"]))
     return nn.Sequential(*layers)

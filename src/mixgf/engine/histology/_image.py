@@ -9,6 +9,8 @@ one reduced image and resized to ``patch_px``; no full-resolution copy per spot 
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,17 @@ import numpy as np
 __all__ = ["SpotImage", "check_spots"]
 
 _MAX_REPORTED = 5
+
+
+@contextmanager
+def _open(path: Any) -> Any:
+    """Open an image with Pillow; whole-slide sizes are expected here, so its decompression-bomb warning is off."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            yield im
 
 
 def _to_uint8_rgb(a: np.ndarray) -> np.ndarray:
@@ -75,13 +88,11 @@ class SpotImage:
             raise ValueError(msg)
         self._cache: tuple[float, np.ndarray] | None = None
         if isinstance(self.source, (str, Path)):
-            from PIL import Image
-
             path = Path(self.source)
             if not path.is_file():
                 msg = f"image file {path} does not exist."
                 raise FileNotFoundError(msg)
-            with Image.open(path) as im:  # reads the header only
+            with _open(path) as im:  # reads the header only
                 self._size = (int(im.width), int(im.height))
         else:
             shape = getattr(self.source, "shape", None)
@@ -116,7 +127,7 @@ class SpotImage:
         w, h = self._size
         tw, th = max(1, round(w * factor)), max(1, round(h * factor))
         if isinstance(self.source, (str, Path)):
-            with Image.open(self.source) as im:
+            with _open(self.source) as im:
                 if im.format == "JPEG":
                     im.draft("RGB", (tw, th))  # the decoder reduces by 1/2, 1/4 or 1/8, never below (tw, th)
                 im = im.convert("RGB")
@@ -170,7 +181,7 @@ class SpotImage:
         for i, (x, y) in enumerate(coords * self.scale * f):
             x0, y0 = round(x - s / 2), round(y - s / 2)
             block = np.full((s, s, 3), fill, dtype=np.uint8)
-            H, W = (arr.shape[:2] if arr is not None else (self._size[1], self._size[0]))
+            H, W = arr.shape[:2] if arr is not None else (self._size[1], self._size[0])
             xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + s, W), min(y0 + s, H)
             if xb > xa and yb > ya:
                 src = arr[ya:yb, xa:xb] if arr is not None else _to_uint8_rgb(np.asarray(self.source[ya:yb, xa:xb]))
@@ -215,7 +226,7 @@ def check_spots(coords: Any, size: tuple[int, int], scale: float, *, names: Any 
     if out.any():
         i = int(np.flatnonzero(out)[0])
         msg = (
-            f"{out.sum()} of {len(c)} spots lie outside the {w} x {h} px image, e.g. spot {names[i]!r} at "
+            f"{out.sum()} of {len(c)} spots lie outside the {w} x {h} px image, e.g. spot {str(names[i])!r} at "
             f"({c[i, 0]:.1f}, {c[i, 1]:.1f}) -> pixel ({px[i, 0]:.1f}, {px[i, 1]:.1f}) with scale {scale:g}. Check "
             "the scale factor (image pixels per coordinate unit, e.g. tissue_hires_scalef) and that the coordinates "
             "are (x = column, y = row) of this image."

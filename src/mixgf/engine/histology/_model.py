@@ -60,8 +60,14 @@ class HistologyModel:
     >>> M = np.array([[20.0, 1.0], [1.0, 10.0], [5.0, 5.0]])
     >>> P = rng.dirichlet([1, 1], 30)
     >>> cfg, w, hist = train_composition(P, rng.poisson(P @ M.T * 10), M, P, epochs=2)
-    >>> cfg |= {"feature_source": "custom", "feature_mean": [0.0, 0.0], "feature_std": [1.0, 1.0],
-    ...         "count_fraction": 1.0, "types": ["a", "b"], "target_sum": 1e4}
+    >>> cfg |= {
+    ...     "feature_source": "custom",
+    ...     "feature_mean": [0.0, 0.0],
+    ...     "feature_std": [1.0, 1.0],
+    ...     "count_fraction": 1.0,
+    ...     "types": ["a", "b"],
+    ...     "target_sum": 1e4,
+    ... }
     >>> model = HistologyModel("prototypes", ["g1", "g2", "g3"], cfg, w)
     >>> with tempfile.TemporaryDirectory() as d:
     ...     back = HistologyModel.load(model.save(d + "/m"))

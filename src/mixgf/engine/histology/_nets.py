@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ class SmallCNN(nn.Module):
         super().__init__()
         chans = [3, width, 2 * width, 4 * width, 8 * width]
         layers: list[nn.Module] = []
-        for a, b in zip(chans[:-1], chans[1:]):
+        for a, b in pairwise(chans):
             layers += [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True),
                        nn.MaxPool2d(2)]  # fmt: skip
         self.body = nn.Sequential(*layers)

@@ -88,8 +88,9 @@ def train_retrieval(
     >>> from mixgf.engine.histology import train_retrieval
     >>> rng = np.random.default_rng(0)
     >>> expr = rng.random((40, 5)).astype(np.float32)
-    >>> cfg, weights, hist = train_retrieval(expr, rng.integers(0, 9, (40, 2)), features=expr[:, :3], epochs=2,
-    ...                                     d_model=16, d_out=8, n_heads=2)
+    >>> cfg, weights, hist = train_retrieval(
+    ...     expr, rng.integers(0, 9, (40, 2)), features=expr[:, :3], epochs=2, d_model=16, d_out=8, n_heads=2
+    ... )
     >>> cfg["n_genes"], len(hist["loss"])
     (5, 2)
     """

@@ -16,13 +16,16 @@ from .._version import __version__
 from ..engine.histology import (
     HistologyModel,
     SpotImage,
+    channel_stats,
     encoder_features,
     spot_clusters,
+    stain_normalize,
     summary_feature_names,
     summary_features,
     train_composition,
     train_retrieval,
 )
+from ..engine.histology._model import zscore
 from ._deconvolve import _read_checked
 from ._utils import prepare_target
 
@@ -208,7 +211,7 @@ def _cnn_features(model: HistologyModel | None, patches: np.ndarray, batch_size:
     dev = resolve_device(device)
     img, _ = build_retrieval_nets(model.config)
     img = _load(img, model.weights, "image.").to(dev)
-    return encoder_features(patches, img.embed, batch_size=batch_size, device=dev)
+    return encoder_features(model.normalize_patches(patches), img.embed, batch_size=batch_size, device=dev)
 
 
 def _module_features(method: Any, weights: Any, patches: np.ndarray, batch_size: int, device: Any) -> np.ndarray:
@@ -278,7 +281,7 @@ def select_genes(lognorm: sp.csr_matrix, var_names: Sequence[str], *, n_heg: int
 
 
 def _gather(adatas: Sequence[AnnData], layer: str | None, use_rep: str | None, use_patches: bool,
-            images: Sequence[Any] | None) -> dict[str, Any]:  # fmt: skip
+            images: Sequence[Any] | None, per_section: bool) -> dict[str, Any]:  # fmt: skip
     """Counts, features, patches and grid positions of the training spots, over the genes all inputs share."""
     common = adatas[0].var_names
     for a in adatas[1:]:
@@ -295,7 +298,8 @@ def _gather(adatas: Sequence[AnnData], layer: str | None, use_rep: str | None, u
             if use_rep not in a.obsm:
                 msg = f"training input {i} has no obsm[{use_rep!r}]; run mgf.tl.image_features on it first."
                 raise KeyError(msg)
-            feats.append(np.asarray(a.obsm[use_rep], dtype=np.float64))
+            f = np.asarray(a.obsm[use_rep], dtype=np.float64)
+            feats.append(zscore(f) if per_section else f)
         geometry = a.uns.get(use_rep or IMAGE_FEATURES_KEY, {}).get("params")
         if use_patches:
             if geometry is None:
@@ -304,7 +308,13 @@ def _gather(adatas: Sequence[AnnData], layer: str | None, use_rep: str | None, u
             patches.append(_cut_patches(a, geometry, None if images is None else images[i]))
         pos.append(_positions(a.obsm[geometry["spatial_key"] if geometry else "spatial"]))
         section.append(np.full(a.n_obs, i))
-    return {"counts": sp.vstack(counts, format="csr"), "totals": np.concatenate(totals), "genes": common, "geometry": geometry,
+    stain = None
+    if patches and per_section:  # every section's patches matched to the mean colour statistics of all of them
+        stats = [channel_stats(p) for p in patches]
+        stain = (np.mean([m for m, _ in stats], axis=0), np.mean([s for _, s in stats], axis=0))
+        patches = [stain_normalize(p, *stain) for p in patches]
+    return {"counts": sp.vstack(counts, format="csr"), "totals": np.concatenate(totals), "genes": common,
+            "stain": stain, "geometry": geometry,
             "features": np.vstack(feats) if feats else None, "patches": np.concatenate(patches) if patches else None,
             "positions": np.vstack(pos), "section": np.concatenate(section)}  # fmt: skip
 
@@ -318,6 +328,7 @@ def train_histology_model(
     use_rep: str | None = IMAGE_FEATURES_KEY,
     use_patches: bool = True,
     images: Sequence[Any] | None = None,
+    standardize: Literal["section", "all"] = "section",
     n_prototypes: int = 8,
     groupby: str | None = None,
     epochs: int | None = None,
@@ -355,6 +366,11 @@ def train_histology_model(
         Retrieval only: train the small CNN on the patches (cut again as :func:`image_features` recorded).
     images
         One image per input, when the features were computed from arrays (not needed for paths / ``uns``).
+    standardize
+        ``"section"``: z-score the features of every section over its own spots and match the colour statistics of
+        every section's patches to the training sections' mean (a Reinhard-style stain normalisation), in training
+        and prediction alike; this removes staining and scanning differences between sections (Pearson r within a
+        section does not depend on a section-wide offset). ``"all"``: standardise with the pooled training spots.
     n_prototypes
         Clusters of training spots (prototypes method, without ``groupby``).
     groupby
@@ -401,7 +417,10 @@ def train_histology_model(
     if use_rep is None and not use_patches:
         msg = "nothing to learn from: pass use_rep= (patch features) or, for retrieval, use_patches=True."
         raise ValueError(msg)
-    data = _gather(adatas, layer, use_rep, use_patches, images)
+    if standardize not in ("section", "all"):
+        msg = f"standardize must be 'section' or 'all'; got {standardize!r}."
+        raise ValueError(msg)
+    data = _gather(adatas, layer, use_rep, use_patches, images, standardize == "section")
     lognorm = _lognorm(data["counts"], data["totals"])
     heg, hvg = [], []
     if genes is None:
@@ -426,6 +445,9 @@ def train_histology_model(
         config, weights, history = _fit_prototypes(data, lognorm, gidx, feats, n_prototypes, groupby, adatas,
                                                    epochs, batch_size, lr, seed, dev)  # fmt: skip
     geometry = data["geometry"] or {}
+    stain = data["stain"]
+    config |= {"standardize": standardize, "stain_mean": None if stain is None else stain[0].tolist(),
+               "stain_std": None if stain is None else stain[1].tolist()}  # fmt: skip
     config |= {"feature_source": use_rep or "", "feature_mean": [] if fmean is None else fmean.tolist(),
                "feature_std": [] if fstd is None else fstd.tolist(), "target_sum": TARGET_SUM,
                "context": geometry.get("context"), "patch_px": geometry.get("patch_px")}  # fmt: skip

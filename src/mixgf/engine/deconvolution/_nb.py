@@ -319,6 +319,15 @@ def mixture_mean(p: Any, m: Any, log_alpha: Any, log_beta: Any | None, L: Any) -
     -------
     torch.Tensor
         Expected counts, samples x genes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mixgf.engine.deconvolution import mixture_mean
+    >>> m = torch.tensor([[20.0, 1.0], [1.0, 10.0]])
+    >>> mu = mixture_mean(torch.tensor([[1.0, 0.0]]), m, torch.zeros(2), None, torch.tensor([[210.0]]))
+    >>> mu.round().tolist()
+    [[200.0, 10.0]]
     """
     import torch
 
@@ -347,6 +356,14 @@ def nb_nll(y: Any, mu: Any, log_phi: Any, *, lgy: Any = None) -> Any:
     -------
     torch.Tensor
         The summed negative log-likelihood.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mixgf.engine.deconvolution import nb_nll
+    >>> y = torch.tensor([[3.0, 0.0]])
+    >>> bool(nb_nll(y, torch.tensor([[3.0, 0.5]]), torch.zeros(2)) < nb_nll(y, torch.tensor([[0.5, 3.0]]), torch.zeros(2)))
+    True
     """
     import torch
 

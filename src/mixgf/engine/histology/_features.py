@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["encoder_features", "summary_feature_names", "summary_features"]
+__all__ = ["channel_stats", "encoder_features", "stain_normalize", "summary_feature_names", "summary_features"]
 
 _GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation")
 _LBP_P = 8
@@ -193,3 +193,41 @@ def encoder_features(
         if isinstance(encoder, torch.nn.Module) and was_training:
             encoder.train()
     return np.concatenate(out, axis=0) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def channel_stats(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of the pixels of a set of uint8 patches (one section)."""
+    flat = np.asarray(patches, dtype=np.float64).reshape(-1, 3)
+    return flat.mean(axis=0), np.maximum(flat.std(axis=0), 1e-6)
+
+
+def stain_normalize(patches: np.ndarray, target_mean: np.ndarray, target_std: np.ndarray) -> np.ndarray:
+    """Match the per-channel mean and spread of one section's patches to a target (Reinhard-style, in RGB).
+
+    Sections stained or scanned differently then look alike to an encoder; the statistics are taken over all the
+    section's patches, so only the image is used.
+
+    Parameters
+    ----------
+    patches
+        uint8 patches of one section (spots x h x w x 3).
+    target_mean, target_std
+        Per-channel target mean and standard deviation (0-255 scale), e.g. those of the training sections.
+
+    Returns
+    -------
+    numpy.ndarray
+        Normalised uint8 patches.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixgf.engine.histology import stain_normalize
+    >>> p = np.random.default_rng(0).integers(100, 150, (4, 8, 8, 3), dtype=np.uint8)
+    >>> out = stain_normalize(p, np.array([180.0, 120.0, 170.0]), np.array([20.0, 20.0, 20.0]))
+    >>> out.reshape(-1, 3).mean(axis=0).round(-1).tolist()
+    [180.0, 120.0, 170.0]
+    """
+    mean, std = channel_stats(patches)
+    x = (np.asarray(patches, dtype=np.float32) - mean) / std * np.asarray(target_std) + np.asarray(target_mean)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)

@@ -29,6 +29,12 @@ _MANIFEST = "manifest.json"
 METHODS = ("retrieval", "prototypes")
 
 
+def zscore(f: np.ndarray) -> np.ndarray:
+    """Columns centred and scaled to unit standard deviation (constant columns only centred)."""
+    sd = f.std(axis=0)
+    return (f - f.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
 @dataclass
 class HistologyModel:
     """Predicts log-normalised expression of spots from their H&E patches (and patch features).
@@ -104,7 +110,12 @@ class HistologyModel:
         return int(self.config.get("n_features", 0)) > 0
 
     def standardize(self, features: np.ndarray) -> np.ndarray:
-        """Features standardised with the training spots' means and standard deviations."""
+        """Features standardised as in training: over the given spots (one section) or with the training statistics.
+
+        With ``config["standardize"] == "section"`` every section's features were z-scored over its own spots in
+        training, so the query spots (one section) are z-scored over themselves; otherwise the training spots'
+        means and standard deviations are used.
+        """
         f = np.asarray(features, dtype=np.float64)
         mean = np.asarray(self.config["feature_mean"])
         if f.ndim != 2 or f.shape[1] != len(mean):
@@ -113,7 +124,20 @@ class HistologyModel:
                 f"got {f.shape}; compute the same features for the query spots."
             )
             raise ValueError(msg)
+        if self.config.get("standardize") == "section":
+            if len(f) < 2:
+                msg = "features are standardised per section: pass all spots of the section (at least 2)."
+                raise ValueError(msg)
+            return zscore(f).astype(np.float32)
         return ((f - mean) / np.asarray(self.config["feature_std"])).astype(np.float32)
+
+    def normalize_patches(self, patches: np.ndarray) -> np.ndarray:
+        """The query section's patches stain-normalised to the training target (when the model was trained so)."""
+        if self.config.get("stain_mean") is None:
+            return patches
+        from ._features import stain_normalize
+
+        return stain_normalize(patches, np.asarray(self.config["stain_mean"]), np.asarray(self.config["stain_std"]))
 
     def predict(
         self, *, patches: np.ndarray | None = None, features: np.ndarray | None = None, k: int = 200,
@@ -147,6 +171,7 @@ class HistologyModel:
         if self.method == "retrieval":
             from ._retrieval import image_queries, retrieval_predict
 
+            patches = None if patches is None else self.normalize_patches(patches)
             q = image_queries(self.config, self.weights, patches=patches, features=feats, device=device)
             return retrieval_predict(q, self.weights["ref_keys"], self.weights["ref_expression"], k=k)
         return np.log1p(self.config["target_sum"] * self.config["count_fraction"] * self.composition(feats)[1])

@@ -36,6 +36,7 @@ import mixgf as mgf  # noqa: E402
 from mixgf.tl._histology import _lognorm, select_genes  # noqa: E402
 
 SECTIONS = ["A1", "B4", "C2", "C3", "C4", "C5", "C6"]
+COLS = ["HEG50 r", "HVG250 r", "frac r>0.3", "seconds"]
 HEADING = "## Expression from histology (her2st)"
 
 
@@ -62,8 +63,9 @@ def pearson_per_gene(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     p = pred - pred.mean(axis=0)
     t = truth - truth.mean(axis=0)
     den = np.sqrt((p**2).sum(axis=0) * (t**2).sum(axis=0))
+    constant = (np.ptp(pred, axis=0) == 0) | (np.ptp(truth, axis=0) == 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 1e-12, (p * t).sum(axis=0) / den, np.nan)
+        return np.where(constant | (den == 0), np.nan, (p * t).sum(axis=0) / den)
 
 
 def _lognorm_of(a: ad.AnnData, genes: list[str]) -> np.ndarray:
@@ -162,6 +164,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--loso", action="store_true", help="also leave-one-section-out (secondary, leaky)")
     ap.add_argument("--quick", action="store_true", help="skip the ablation rows")
+    ap.add_argument("--no-lopo", action="store_true", help="skip leave-one-patient-out (e.g. to run --loso apart)")
+    ap.add_argument("--rows-out", type=Path, help="also write every row to this CSV")
+    ap.add_argument("--from-rows", type=Path, nargs="+", help="write the docs from saved CSVs; compute nothing")
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
@@ -169,12 +174,26 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     mgf.settings.verbosity = "warning"
+    if args.from_rows:
+        table = pd.concat([pd.read_csv(f) for f in args.from_rows], ignore_index=True)
+        meta = pd.concat([pd.read_csv(f.with_suffix(".meta.csv")) for f in args.from_rows])
+        args.loso = bool((table["protocol"] != "leave-one-patient-out").any())
+        summary = table.groupby(["protocol", "method"], sort=False)[COLS].mean()
+        print(summary.to_string())
+        runs = ", ".join(f"{m / 60:.1f}" for m in meta["total_s"])
+        cmd = (
+            "two runs at the same time, `OMP_NUM_THREADS=1 python benchmarks/histology.py --rows-out lopo.csv` and "
+            "`OMP_NUM_THREADS=1 python benchmarks/histology.py --no-lopo --loso --rows-out loso.csv` "
+            f"({runs} min), then `python benchmarks/histology.py --from-rows lopo.csv loso.csv --write-docs`"
+        )
+        write_docs(args, table, summary, float(meta["features_s"].max()), cmd)
+        return
     t0 = time.perf_counter()
     secs = load_sections(args.shared)
     t_feat = time.perf_counter() - t0
     print(f"features of {sum(a.n_obs for a in secs.values())} spots in {t_feat:.1f} s", flush=True)
     rows: list[dict] = []
-    for patient in ("A", "B", "C"):
+    for patient in () if args.no_lopo else ("A", "B", "C"):
         tests = {s: secs[s] for s in SECTIONS if s.startswith(patient)}
         run_fold("leave-one-patient-out", [secs[s] for s in SECTIONS if s not in tests], tests, args, rows)
     if args.loso:
@@ -183,12 +202,16 @@ def main() -> None:
             run_fold("leave-one-section-out (leaky)", others, {s: secs[s]}, args, rows, cnn=False)
     table = pd.DataFrame(rows)
     total = time.perf_counter() - t0
-    summary = table.groupby(["protocol", "method"], sort=False)[["HEG50 r", "HVG250 r", "frac r>0.3", "seconds"]].mean()
+    summary = table.groupby(["protocol", "method"], sort=False)[COLS].mean()
+    if args.rows_out:
+        table.to_csv(args.rows_out, index=False)
+        pd.DataFrame({"features_s": [t_feat], "total_s": [total]}).to_csv(args.rows_out.with_suffix(".meta.csv"))
     print(table.to_string())
     print(summary.to_string())
     print(f"total {total:.0f} s")
     if args.write_docs:
-        write_docs(args, table, summary, t_feat, total)
+        cmd = f"`OMP_NUM_THREADS=1 python benchmarks/histology.py --write-docs{' --loso' if args.loso else ''}` "
+        write_docs(args, table, summary, t_feat, cmd + f"({total / 60:.1f} min)")
 
 
 def _fmt(df: pd.DataFrame) -> str:
@@ -204,14 +227,13 @@ def _fmt(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_docs(args, table: pd.DataFrame, summary: pd.DataFrame, t_feat: float, total: float) -> None:
+def write_docs(args, table: pd.DataFrame, summary: pd.DataFrame, t_feat: float, cmd: str) -> None:
     from _common import write_docs_section
 
-    cmd = "OMP_NUM_THREADS=1 python benchmarks/histology.py --write-docs" + (" --loso" if args.loso else "")
     body = f"""{HEADING}
 
-Command: `{cmd}` (seed {args.seed}, k = {args.k}, one thread; {total / 60:.1f} min on the shared 2-core CPU,
-{t_feat:.0f} s of it for the summary features of all 7 sections). Data: her2st sections A1, B4, C2-C6
+Command: {cmd}; seed {args.seed}, k = {args.k}, one thread each, on a 2-core CPU shared with other work
+(the summary features of all 7 sections took {t_feat:.0f} s). Data: her2st sections A1, B4, C2-C6
 (patients A, B, C; the only sections whose H&E images fit their spots). **Leave-one-patient-out**: each model is
 trained on two patients and tested on every section of the third; genes (250 HVG + 50 most expressed) are chosen
 on the training sections. Pearson r per gene between predicted and measured `log1p` counts per 10,000 over the test

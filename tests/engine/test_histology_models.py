@@ -88,7 +88,8 @@ def test_composition_uses_the_deconvolution_observation_model(spots):
     import torch
 
     Y = spots["counts"][:, :120]
-    codes = spot_clusters(spots["expr"][:, :120], 3, seed=0)
+    codes = spot_clusters(spots["expr"][:, :120], 3, min_size=2, seed=0)
+    assert codes.max() == 2
     protos = fit_prototypes(sp.csr_matrix(Y), codes, 3)
     dec = fit_deconvolution(Y, protos.means)
     cfg, w, hist = train_composition(spots["features"], Y, protos.means, dec.fractions, alpha=dec.alpha,

@@ -134,7 +134,9 @@ def test_prototypes_train_predict(a1, c3):
         model = mgf.tl.train_histology_model([a1], method="prototypes", n_prototypes=3, epochs=20, seed=0)
         mgf.tl.predict_expression(c3, model)
     comp = c3.obsm["mixgf_predicted_composition"]
-    assert list(comp.columns) == ["cluster_0", "cluster_1", "cluster_2"]
+    # 3 k-means clusters asked; clusters under 5 spots are dissolved into the nearest one
+    assert list(comp.columns) == model.config["types"]
+    assert 2 <= len(model.config["types"]) <= 3 and model.config["types"][0] == "cluster_0"
     np.testing.assert_allclose(comp.sum(axis=1), 1, rtol=1e-5)
     pred = c3.obsm["mixgf_predicted"].to_numpy()
     assert np.isfinite(pred).all() and (pred >= 0).all()

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 TARGET_SUM = 1e4
 _N_HEG, _N_HVG = 50, 250
-_DECONV_ITER = 150  # L-BFGS iterations of the deconvolution that gives the composition targets
+_DECONV_ITER = 60  # L-BFGS iterations of the deconvolution that gives the composition targets
 
 
 def _spot_image(
@@ -482,13 +482,18 @@ def _fit_prototypes(data: dict[str, Any], lognorm: sp.csr_matrix, gidx: np.ndarr
     from ..engine.deconvolution import fit_deconvolution, fit_prototypes
 
     Y = data["counts"][:, gidx]
-    keep = np.asarray(Y.sum(axis=1)).ravel() > 0
+    keep = np.asarray(Y.sum(axis=1)).ravel() > 0  # spots without counts on these genes say nothing
+    codes = np.zeros(len(keep), dtype=np.int64)
     if groupby is not None:
         labels = np.concatenate([a.obs[groupby].astype(str).to_numpy() for a in adatas])
-        types, codes = np.unique(labels, return_inverse=True)
+        types, codes[keep] = np.unique(labels[keep], return_inverse=True)
     else:
-        codes = spot_clusters(np.asarray(lognorm[:, gidx].todense()), n_prototypes, seed=seed)
-        types = np.array([f"cluster_{i}" for i in range(codes.max() + 1)])
+        codes[keep] = spot_clusters(np.asarray(lognorm[np.flatnonzero(keep)][:, gidx].todense()), n_prototypes,
+                                    seed=seed)  # fmt: skip
+        types = np.array([f"cluster_{i}" for i in range(codes[keep].max() + 1)])
+    if len(types) < 2:
+        msg = "the prototypes method needs at least 2 prototypes; pass more n_prototypes or a groupby with 2+ labels."
+        raise ValueError(msg)
     n_sec = int(data["section"].max()) + 1
     protos = fit_prototypes(Y[keep], codes[keep], len(types), batches=data["section"][keep], n_batches=n_sec)
     dense = np.asarray(Y[keep].todense())

@@ -185,35 +185,41 @@ def composition_predict(
     return p.cpu().numpy().astype(np.float64), q.cpu().numpy().astype(np.float64)
 
 
-def spot_clusters(expression: np.ndarray, n_clusters: int, *, n_pcs: int = 30, seed: int = 0) -> np.ndarray:
+def spot_clusters(
+    expression: np.ndarray, n_clusters: int, *, n_pcs: int = 30, min_size: int = 5, seed: int = 0
+) -> np.ndarray:
     """k-means clusters of spots on the principal components of their log-normalised expression.
 
     CPNN's released default builds prototypes from coarse Leiden clusters; k-means with a fixed number of clusters
-    plays that part without a graph-clustering dependency.
+    plays that part without a graph-clustering dependency. Clusters smaller than ``min_size`` spots (outliers) are
+    dissolved into the nearest remaining cluster, so every prototype rests on several spots.
 
     Parameters
     ----------
     expression
         Log-normalised expression, spots x genes.
     n_clusters
-        Number of clusters.
+        Number of clusters (at most; fewer remain when small ones are dissolved).
     n_pcs
         Principal components (capped by the data's rank).
+    min_size
+        Fewest spots a cluster keeps.
     seed
         Seed of PCA and k-means.
 
     Returns
     -------
     numpy.ndarray
-        Cluster code per spot (``0 .. n_clusters - 1``; every code used).
+        Cluster code per spot (``0 .. n - 1``; every code used).
 
     Examples
     --------
     >>> import numpy as np
     >>> from mixgf.engine.histology import spot_clusters
-    >>> X = np.vstack([np.zeros((5, 4)), np.ones((5, 4))])
-    >>> spot_clusters(X, 2).tolist()[:3] != spot_clusters(X, 2).tolist()[-3:]
-    True
+    >>> X = np.vstack([np.zeros((5, 4)), np.ones((5, 4)), [[9, 9, 9, 9]]])
+    >>> codes = spot_clusters(X, 3, min_size=2)  # the lone outlier joins the nearer cluster
+    >>> sorted(np.bincount(codes).tolist())
+    [5, 6]
     """
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
@@ -221,5 +227,14 @@ def spot_clusters(expression: np.ndarray, n_clusters: int, *, n_pcs: int = 30, s
     X = np.asarray(expression, dtype=np.float64)
     n_pcs = int(max(1, min(n_pcs, X.shape[0] - 1, X.shape[1])))
     Z = PCA(n_pcs, random_state=seed).fit_transform(X - X.mean(axis=0))
-    labels = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(Z)
+    km = KMeans(n_clusters, n_init=10, random_state=seed).fit(Z)
+    labels, centres = km.labels_.copy(), km.cluster_centers_
+    sizes = np.bincount(labels, minlength=n_clusters)
+    big = np.flatnonzero(sizes >= min_size)
+    if len(big) == 0:
+        return np.zeros(len(X), dtype=np.int64)
+    small = ~np.isin(labels, big)
+    if small.any():
+        d = ((Z[small, None, :] - centres[None, big, :]) ** 2).sum(axis=2)
+        labels[small] = big[d.argmin(axis=1)]
     return np.unique(labels, return_inverse=True)[1]

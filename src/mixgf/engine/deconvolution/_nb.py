@@ -362,7 +362,10 @@ def nb_nll(y: Any, mu: Any, log_phi: Any, *, lgy: Any = None) -> Any:
     >>> import torch
     >>> from mixgf.engine.deconvolution import nb_nll
     >>> y = torch.tensor([[3.0, 0.0]])
-    >>> bool(nb_nll(y, torch.tensor([[3.0, 0.5]]), torch.zeros(2)) < nb_nll(y, torch.tensor([[0.5, 3.0]]), torch.zeros(2)))
+    >>> bool(
+    ...     nb_nll(y, torch.tensor([[3.0, 0.5]]), torch.zeros(2))
+    ...     < nb_nll(y, torch.tensor([[0.5, 3.0]]), torch.zeros(2))
+    ... )
     True
     """
     import torch

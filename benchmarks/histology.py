@@ -227,6 +227,23 @@ def _fmt(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _verdict(summary: pd.DataFrame) -> str:
+    """Which models beat the strongest ridge baseline on held-out patients (mean over test sections), in words."""
+    lopo = summary.loc["leave-one-patient-out"]
+    base = lopo.loc["ridge, features per section"]
+    lines = ["Against ridge on the per-section features (the strongest baseline), leave-one-patient-out:", ""]
+    for method, row in lopo.iterrows():
+        if not method.startswith(("retrieval", "prototypes")):
+            continue
+        beats = [c for c in ("HEG50 r", "HVG250 r", "frac r>0.3") if row[c] > base[c]]
+        verdict = "beats it on " + ", ".join(beats) if beats else "does **not** beat it on any metric"
+        lines.append(
+            f"- {method}: {verdict} (HEG50 {row['HEG50 r']:.3f} vs {base['HEG50 r']:.3f}, "
+            f"HVG250 {row['HVG250 r']:.3f} vs {base['HVG250 r']:.3f})."
+        )
+    return "\n".join(lines)
+
+
 def write_docs(args, table: pd.DataFrame, summary: pd.DataFrame, t_feat: float, cmd: str) -> None:
     from _common import write_docs_section
 
@@ -244,6 +261,8 @@ gene rates, which after per-spot normalisation is the same value for every spot,
 Mean over test sections:
 
 {_fmt(summary.reset_index())}
+
+{_verdict(summary)}
 
 Every method x fold:
 

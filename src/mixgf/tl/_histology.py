@@ -92,7 +92,7 @@ def image_features(
     image: Any = None,
     scale_factor: float | None = None,
     spot_diameter: float | None = None,
-    method: Literal["summary", "cnn"] | Callable[..., Any] = "summary",
+    method: Literal["summary", "cnn"] | Callable = "summary",
     context: float = 1.5,
     patch_px: int = 64,
     model: HistologyModel | None = None,
@@ -151,7 +151,7 @@ def image_features(
 
     Returns
     -------
-    AnnData or None
+    anndata.AnnData or None
         ``adata`` (a copy) when ``copy=True``; otherwise `None`, with ``obsm[key_added]`` and ``uns[key_added]`` set.
 
     Examples
@@ -345,8 +345,8 @@ def train_histology_model(
     grid-position embeddings through two pre-norm attention blocks) are aligned by a CLIP loss; prediction averages
     the measured expression of the ``k`` training spots whose keys are nearest to a query patch.
     ``method="prototypes"`` (CPNN): prototypes are the NB mean expression of clusters of the training spots
-    (k-means, or the ``groupby`` labels), the spots' compositions come from :func:`mixgf.engine.deconvolution.
-    fit_deconvolution`, and an MLP on the patch features learns the composition under the deconvolution
+    (k-means, or the ``groupby`` labels), the spots' compositions come from
+    :func:`mixgf.engine.deconvolution.fit_deconvolution`, and an MLP on the patch features learns the composition under the deconvolution
     observation model (gene sensitivity, ambient term, NB likelihood, composition and prototype-drift penalties).
     See :doc:`/histology`.
 
@@ -544,7 +544,7 @@ def predict_expression(
 
     Returns
     -------
-    AnnData or None
+    anndata.AnnData or None
         ``adata`` (a copy) when ``copy=True``; otherwise `None`, with ``obsm[key_added]`` and ``uns[key_added]`` set.
 
     Examples

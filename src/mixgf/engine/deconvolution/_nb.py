@@ -300,7 +300,7 @@ def mixture_mean(p: Any, m: Any, log_alpha: Any, log_beta: Any | None, L: Any) -
 
     ``mu_sg = L_s * r_sg / sum_g r_sg`` with ``r_sg = exp(alpha_g) * sum_k p_sk * m_gk + exp(beta_g) * mbar_g`` and
     ``mbar_g`` the gene's mean over the prototypes. :func:`fit_deconvolution` fits it with free fractions per sample;
-    the composition model of :mod:`mixgf.engine.histology` predicts the fractions from image features.
+    the composition model of ``mixgf.engine.histology`` predicts the fractions from image features.
 
     Parameters
     ----------

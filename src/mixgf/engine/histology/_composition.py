@@ -11,6 +11,7 @@ training spots' clusters and may drift, and the loss is CPNN's: NB negative log-
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -40,7 +41,7 @@ def train_composition(
     alpha: np.ndarray | None = None,
     beta: np.ndarray | None = None,
     theta: np.ndarray | None = None,
-    hidden: tuple[int, ...] = (256, 128),
+    hidden: Sequence[int] = (256, 128),
     dropout: float = 0.1,
     prop_weight: float = 1e3,
     drift_weight: float = 1e3,

@@ -141,7 +141,7 @@ def patches_to_tensor(patches: np.ndarray, *, normalize: bool = True) -> Any:
 
 def encoder_features(
     patches: np.ndarray,
-    encoder: Callable[..., Any],
+    encoder: Callable,
     *,
     batch_size: int = 64,
     device: Any = "cpu",

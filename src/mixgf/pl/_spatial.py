@@ -135,7 +135,9 @@ def spatial_prediction(
         diam = float(np.median(d[:, 1])) / 2
     xy = coords * scale
     radius = float(diam) * scale / 2
-    fig, axs = plt.subplots(len(genes), 2, figsize=(2 * panel_size, panel_size * len(genes)), squeeze=False)
+    fig, axs = plt.subplots(
+        len(genes), 2, figsize=(2 * panel_size + 1, panel_size * len(genes)), squeeze=False, layout="constrained"
+    )
     for row, g in zip(axs, genes):
         meas = np.log1p(1e4 * np.asarray(X[:, adata.var_names.get_loc(g)].todense()).ravel() / tot)
         p = np.asarray(pred[g], dtype=np.float64)

@@ -111,14 +111,13 @@ def train_composition(
     log_m0 = np.log(np.maximum(prototypes / prototypes.sum(axis=0).mean(), 1e-12))
     t0_ = torch.as_tensor(log_m0, dtype=torch.float32, device=dev)
     log_T = torch.nn.Parameter(t0_.clone())
-    log_alpha = torch.nn.Parameter(torch.as_tensor(np.zeros(G) if alpha is None else alpha, dtype=torch.float32))
+    a0 = np.zeros(G) if alpha is None else alpha
+    log_alpha = torch.nn.Parameter(torch.as_tensor(a0, dtype=torch.float32, device=dev))
     b0 = np.full(G, np.log(1e-3)) if beta is None else np.where(np.isfinite(beta), beta, np.log(1e-3))
-    log_beta = torch.nn.Parameter(torch.as_tensor(b0, dtype=torch.float32))
+    log_beta = torch.nn.Parameter(torch.as_tensor(b0, dtype=torch.float32, device=dev))
     ph0 = np.full(G, 10.0) if theta is None else np.where(np.isfinite(theta), theta, 1e4)
-    log_phi = torch.nn.Parameter(torch.as_tensor(np.log(ph0), dtype=torch.float32))
+    log_phi = torch.nn.Parameter(torch.as_tensor(np.log(ph0), dtype=torch.float32, device=dev))
     gene_params = [log_T, log_alpha, log_beta, log_phi]
-    for p in gene_params[1:]:
-        p.data = p.data.to(dev)
     opt = torch.optim.Adam([{"params": mlp.parameters(), "weight_decay": weight_decay},
                             {"params": gene_params, "weight_decay": 0.0}], lr=lr)  # fmt: skip
     X = torch.as_tensor(features, dtype=torch.float32)
@@ -182,7 +181,9 @@ def composition_predict(
     w = {k: torch.as_tensor(weights[k], device=device) for k in ("log_T", "log_alpha", "log_beta")}
     with torch.no_grad():
         p = torch.softmax(mlp(torch.as_tensor(features, dtype=torch.float32, device=device)), dim=1)
-        q = mixture_mean(p, torch.exp(w["log_T"]), w["log_alpha"], w["log_beta"], torch.ones(len(p), 1))
+        q = mixture_mean(
+            p, torch.exp(w["log_T"]), w["log_alpha"], w["log_beta"], torch.ones(len(p), 1, device=p.device)
+        )
     return p.cpu().numpy().astype(np.float64), q.cpu().numpy().astype(np.float64)
 
 

@@ -50,3 +50,9 @@ key of the genes it uses (``_key``: their cross-dataset key) and ``uns`` key of 
 
 GENE_EMBEDDING_KEY = "X_mixgf_gene"
 """``varm`` key of the gene embeddings of :func:`mixgf.tl.gene_embedding` (``uns`` key of their parameters)."""
+
+IMAGE_FEATURES_KEY = "X_image"
+"""``obsm`` key of the per-spot image features of :func:`mixgf.tl.image_features` (``uns`` key of their names)."""
+
+PREDICTED_KEY = "mixgf_predicted"
+"""``obsm`` key of the expression predicted from histology by :func:`mixgf.tl.predict_expression`."""

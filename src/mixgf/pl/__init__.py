@@ -6,6 +6,7 @@ from ._classify import classify_scores, confusion_matrix
 from ._fractions import fractions, fractions_vs_truth
 from ._gene_graph import gene_similarity, gene_umap
 from ._perturb import perturb_shift, perturb_volcano
+from ._spatial import spatial_prediction
 from ._umap import umap
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "gene_umap",
     "perturb_shift",
     "perturb_volcano",
+    "spatial_prediction",
     "umap",
 ]

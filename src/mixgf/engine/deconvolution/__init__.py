@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from ..._utils._agreement import fraction_agreement
 from ._baselines import nnls
-from ._nb import DeconvolutionResult, PrototypeFit, fit_deconvolution, fit_prototypes, nb_deviance
+from ._nb import (
+    DeconvolutionResult,
+    PrototypeFit,
+    fit_deconvolution,
+    fit_prototypes,
+    mixture_mean,
+    nb_deviance,
+    nb_nll,
+)
 from ._prototypes import Prototypes
 
 __all__ = [
@@ -17,6 +25,8 @@ __all__ = [
     "fit_deconvolution",
     "fit_prototypes",
     "fraction_agreement",
+    "mixture_mean",
     "nb_deviance",
+    "nb_nll",
     "nnls",
 ]

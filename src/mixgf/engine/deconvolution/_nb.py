@@ -31,7 +31,9 @@ __all__ = [
     "PrototypeFit",
     "fit_deconvolution",
     "fit_prototypes",
+    "mixture_mean",
     "nb_deviance",
+    "nb_nll",
 ]
 
 _THETA_MIN, _THETA_MAX = 1e-2, 1e6
@@ -293,6 +295,91 @@ class DeconvolutionResult:
     history: dict[str, Any] = field(default_factory=dict)
 
 
+def mixture_mean(p: Any, m: Any, log_alpha: Any, log_beta: Any | None, L: Any) -> Any:
+    """CPNN's observation model: expected counts of mixtures of prototypes (torch; differentiable).
+
+    ``mu_sg = L_s * r_sg / sum_g r_sg`` with ``r_sg = exp(alpha_g) * sum_k p_sk * m_gk + exp(beta_g) * mbar_g`` and
+    ``mbar_g`` the gene's mean over the prototypes. :func:`fit_deconvolution` fits it with free fractions per sample;
+    the composition model of ``mixgf.engine.histology`` predicts the fractions from image features.
+
+    Parameters
+    ----------
+    p
+        Fractions, samples x types (rows on the simplex).
+    m
+        Prototypes, genes x types.
+    log_alpha
+        Log gene sensitivity per gene.
+    log_beta
+        Log ambient level per gene relative to ``mbar_g``; `None`: no ambient term.
+    L
+        Total counts per sample over these genes (samples x 1).
+
+    Returns
+    -------
+    torch.Tensor
+        Expected counts, samples x genes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mixgf.engine.deconvolution import mixture_mean
+    >>> m = torch.tensor([[20.0, 1.0], [1.0, 10.0]])
+    >>> mu = mixture_mean(torch.tensor([[1.0, 0.0]]), m, torch.zeros(2), None, torch.tensor([[210.0]]))
+    >>> mu.round().tolist()
+    [[200.0, 10.0]]
+    """
+    import torch
+
+    r = torch.exp(log_alpha) * (p @ m.T)
+    if log_beta is not None:
+        r = r + torch.exp(log_beta) * m.mean(dim=1)
+    r = r.clamp_min(1e-30)
+    return L * r / r.sum(dim=1, keepdim=True)
+
+
+def nb_nll(y: Any, mu: Any, log_phi: Any, *, lgy: Any = None) -> Any:
+    """Negative log-likelihood of counts under ``NB(mu, phi)`` summed over all entries (torch; differentiable).
+
+    Parameters
+    ----------
+    y
+        Counts (samples x genes).
+    mu
+        Means, same shape.
+    log_phi
+        Log inverse dispersion per gene (clamped to the range the prototypes' dispersions use).
+    lgy
+        ``lgamma(y + 1)`` when precomputed.
+
+    Returns
+    -------
+    torch.Tensor
+        The summed negative log-likelihood.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mixgf.engine.deconvolution import nb_nll
+    >>> y = torch.tensor([[3.0, 0.0]])
+    >>> bool(
+    ...     nb_nll(y, torch.tensor([[3.0, 0.5]]), torch.zeros(2))
+    ...     < nb_nll(y, torch.tensor([[0.5, 3.0]]), torch.zeros(2))
+    ... )
+    True
+    """
+    import torch
+
+    phi = torch.exp(log_phi.clamp(np.log(_THETA_MIN), np.log(_THETA_MAX)))
+    log_pm = torch.log(phi + mu)
+    lgy = torch.lgamma(y + 1) if lgy is None else lgy
+    ll = (
+        torch.lgamma(y + phi) - torch.lgamma(phi) - lgy + phi * (torch.log(phi) - log_pm)
+        + y * (torch.log(mu) - log_pm)
+    )  # fmt: skip
+    return -ll.sum()
+
+
 def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a - a.mean(axis=1, keepdims=True)
     b = b - b.mean(axis=1, keepdims=True)
@@ -383,7 +470,6 @@ def fit_deconvolution(
     p0 = (p0 + 1e-3) / (p0 + 1e-3).sum(axis=1, keepdims=True)
     scale_m = M.sum(axis=0).mean()
     m = torch.as_tensor(M / scale_m, dtype=dtype, device=dev)
-    mbar = m.mean(dim=1)
     y = torch.as_tensor(Y, dtype=dtype, device=dev)
     L = y.sum(dim=1, keepdim=True)
     eta = torch.nn.Parameter(torch.as_tensor(np.log(p0), dtype=dtype, device=dev))
@@ -405,21 +491,10 @@ def fit_deconvolution(
     lgy = torch.lgamma(y + 1)
 
     def mean() -> torch.Tensor:
-        p = torch.softmax(eta, dim=1)
-        r = torch.exp(log_alpha) * (p @ m.T)
-        if ambient:
-            r = r + torch.exp(log_beta) * mbar
-        r = r.clamp_min(1e-30)
-        return L * r / r.sum(dim=1, keepdim=True)
+        return mixture_mean(torch.softmax(eta, dim=1), m, log_alpha, log_beta if ambient else None, L)
 
     def nll(mu: torch.Tensor) -> torch.Tensor:
-        phi = torch.exp(log_phi.clamp(np.log(_THETA_MIN), np.log(_THETA_MAX)))
-        log_pm = torch.log(phi + mu)
-        ll = (
-            torch.lgamma(y + phi) - torch.lgamma(phi) - lgy + phi * (torch.log(phi) - log_pm)
-            + y * (torch.log(mu) - log_pm)
-        )  # fmt: skip
-        return -ll.sum()
+        return nb_nll(y, mu, log_phi, lgy=lgy)
 
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe", history_size=20,
                             tolerance_grad=1e-9, tolerance_change=1e-12)  # fmt: skip

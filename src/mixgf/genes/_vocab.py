@@ -157,7 +157,7 @@ class Vocabulary:
         ``ensembl_mapping_dict*.pkl``. `None` for other rules.
     untrained
         Ids of the gene tokens that a model trained with this vocabulary never saw in its training cells (their
-        embeddings are untrained); `None` where that is not recorded. See :attr:`trained`.
+        embeddings are untrained); `None` where that is not recorded. See ``trained``.
 
     Examples
     --------
@@ -224,7 +224,7 @@ class Vocabulary:
 
     @property
     def trained(self) -> np.ndarray:
-        """Per token: whether the model's training cells had it (all `True` where :attr:`untrained` is `None`)."""
+        """Whether each token occurred in the model's training cells (all `True` where ``untrained`` is `None`)."""
         out = np.ones(len(self.tokens), dtype=bool)
         if self.untrained is not None:
             out[self.untrained] = False

@@ -8,15 +8,14 @@ other file, checked on load). No pickle.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ..._utils._files import model_dir_writer, verify_model_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,15 +26,6 @@ FORMAT_NAME = "mixgf-prototypes"
 FORMAT_VERSION = 1
 _ARRAYS = "prototypes.safetensors"
 _META = "prototypes.json"
-_MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_tsv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -168,17 +158,9 @@ class Prototypes:
         """
         from safetensors.numpy import save_file
 
-        path = Path(path)
-        if path.exists():
-            if not overwrite:
-                msg = f"{path} exists; pass overwrite=True to replace it."
-                raise FileExistsError(msg)
-            if any(path.iterdir()) and not (path / _MANIFEST).is_file():
-                msg = f"Refusing to overwrite {path}: it is not a mixgf prototypes directory (no {_MANIFEST})."
-                raise FileExistsError(msg)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp_prototypes_", dir=path.parent))
-        try:
+        with model_dir_writer(
+            path, fmt=FORMAT_NAME, version=FORMAT_VERSION, what="mixgf prototypes", overwrite=overwrite
+        ) as tmp:
             arrays = {"means": self.means, "dispersion": self.dispersion, "n_cells": self.n_cells,
                       "cell_size": self.cell_size}  # fmt: skip
             if self.batch_effects is not None:
@@ -190,16 +172,7 @@ class Prototypes:
                 _write_tsv(tmp / "batches.tsv", ["batch"], [[b] for b in self.batches])
             meta = {"species": self.species, "params": self.params}
             (tmp / _META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-            files = {f.name: {"sha256": _sha256(f), "size": f.stat().st_size} for f in sorted(tmp.iterdir())}
-            manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "files": files}
-            (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Prototypes:
@@ -218,19 +191,7 @@ class Prototypes:
         from safetensors.numpy import load_file
 
         path = Path(path)
-        mpath = path / _MANIFEST
-        if not mpath.is_file():
-            msg = f"{path} is not a mixgf prototypes directory: {_MANIFEST} is missing."
-            raise FileNotFoundError(msg)
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        if manifest.get("format") != FORMAT_NAME or int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-            msg = f"{mpath} does not describe a {FORMAT_NAME!r} directory of version <= {FORMAT_VERSION}."
-            raise ValueError(msg)
-        for name, info in manifest["files"].items():
-            f = path / name
-            if not f.is_file() or _sha256(f) != info["sha256"]:
-                msg = f"{f} is missing or does not match its sha256 in {_MANIFEST}; the directory is corrupt."
-                raise ValueError(msg)
+        verify_model_dir(path, fmt=FORMAT_NAME, version=FORMAT_VERSION, what="mixgf prototypes")
         arrays = load_file(str(path / _ARRAYS))
         _, genes = _read_tsv(path / "genes.tsv")
         _, types = _read_tsv(path / "types.tsv")

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..._utils._files import sha256_file
+from ..._utils._files import model_dir_writer, verify_model_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,7 +29,6 @@ _WEIGHTS = "weights.safetensors"
 _ARRAYS = "embeddings.safetensors"
 _GENES = "genes.tsv"
 _CONFIG = "config.json"
-_MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -168,17 +165,9 @@ class GeneEmbeddingModel:
         """
         from safetensors.numpy import save_file
 
-        path = Path(path)
-        if path.exists():
-            if not overwrite:
-                msg = f"{path} exists; pass overwrite=True to replace it."
-                raise FileExistsError(msg)
-            if any(path.iterdir()) and not (path / _MANIFEST).is_file():
-                msg = f"Refusing to overwrite {path}: it is not a mixgf gene-embedding directory (no {_MANIFEST})."
-                raise FileExistsError(msg)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp_gene_embedding_", dir=path.parent))
-        try:
+        with model_dir_writer(
+            path, fmt=FORMAT_NAME, version=FORMAT_VERSION, what="mixgf gene-embedding", overwrite=overwrite
+        ) as tmp:
             arrays = {f"embedding/{i}": e for i, e in enumerate(self.embeddings)}
             for i, (edges, non) in enumerate(self.heldout):
                 arrays[f"heldout_edges/{i}"] = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
@@ -199,16 +188,7 @@ class GeneEmbeddingModel:
             }
             text = json.dumps(config, indent=2, sort_keys=True, default=str) + "\n"
             (tmp / _CONFIG).write_text(text, encoding="utf-8")
-            files = {f.name: {"sha256": sha256_file(f), "size": f.stat().st_size} for f in sorted(tmp.iterdir())}
-            manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "files": files}
-            (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> GeneEmbeddingModel:
@@ -227,24 +207,13 @@ class GeneEmbeddingModel:
         from safetensors.numpy import load_file
 
         path = Path(path)
-        mpath = path / _MANIFEST
-        if not mpath.is_file():
-            msg = f"{path} is not a mixgf gene-embedding directory: {_MANIFEST} is missing."
-            raise FileNotFoundError(msg)
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            msg = f"{mpath} is not valid JSON ({err}); the directory is corrupt."
-            raise ValueError(msg) from err
-        if manifest.get("format") != FORMAT_NAME or int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-            msg = f"{mpath} does not describe a {FORMAT_NAME!r} directory of version <= {FORMAT_VERSION}."
-            raise ValueError(msg)
-        for name in (_WEIGHTS, _ARRAYS, _GENES, _CONFIG):
-            info = manifest.get("files", {}).get(name)
-            f = path / name
-            if info is None or not f.is_file() or sha256_file(f) != info["sha256"]:
-                msg = f"{f} is missing or does not match its sha256 in {_MANIFEST}; the directory is corrupt."
-                raise ValueError(msg)
+        verify_model_dir(
+            path,
+            fmt=FORMAT_NAME,
+            version=FORMAT_VERSION,
+            what="mixgf gene-embedding",
+            required=(_WEIGHTS, _ARRAYS, _GENES, _CONFIG),
+        )
         config = json.loads((path / _CONFIG).read_text(encoding="utf-8"))
         arrays = load_file(str(path / _ARRAYS))
         weights = load_file(str(path / _WEIGHTS))

@@ -9,15 +9,13 @@ load). No pickle.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..._utils._files import sha256_file
+from ..._utils._files import model_dir_writer, verify_model_dir
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "HistologyModel"]
 
@@ -25,7 +23,6 @@ FORMAT_NAME = "mixgf-histology"
 FORMAT_VERSION = 1
 _ARRAYS = "histology.safetensors"
 _META = "histology.json"
-_MANIFEST = "manifest.json"
 METHODS = ("retrieval", "prototypes")
 
 
@@ -202,31 +199,14 @@ class HistologyModel:
         """
         from safetensors.numpy import save_file
 
-        path = Path(path)
-        if path.exists():
-            if not overwrite:
-                msg = f"{path} exists; pass overwrite=True to replace it."
-                raise FileExistsError(msg)
-            if any(path.iterdir()) and not (path / _MANIFEST).is_file():
-                msg = f"Refusing to overwrite {path}: it is not a mixgf histology model directory (no {_MANIFEST})."
-                raise FileExistsError(msg)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp_histology_", dir=path.parent))
-        try:
+        with model_dir_writer(
+            path, fmt=FORMAT_NAME, version=FORMAT_VERSION, what="mixgf histology model", overwrite=overwrite
+        ) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in self.weights.items()}, str(tmp / _ARRAYS))
             meta = {"method": self.method, "genes": self.genes, "config": self.config, "params": self.params,
                     "history": self.history}  # fmt: skip
             (tmp / _META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
-            files = {f.name: {"sha256": sha256_file(f), "size": f.stat().st_size} for f in sorted(tmp.iterdir())}
-            manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "files": files}
-            (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> HistologyModel:
@@ -245,23 +225,7 @@ class HistologyModel:
         from safetensors.numpy import load_file
 
         path = Path(path)
-        mpath = path / _MANIFEST
-        if not mpath.is_file():
-            msg = f"{path} is not a mixgf histology model directory: {_MANIFEST} is missing."
-            raise FileNotFoundError(msg)
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            msg = f"{mpath} is not valid JSON; the directory is corrupt."
-            raise ValueError(msg) from e
-        if manifest.get("format") != FORMAT_NAME or int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-            msg = f"{mpath} does not describe a {FORMAT_NAME!r} directory of version <= {FORMAT_VERSION}."
-            raise ValueError(msg)
-        for name, info in manifest.get("files", {}).items():
-            f = path / name
-            if not f.is_file() or sha256_file(f) != info["sha256"]:
-                msg = f"{f} is missing or does not match its sha256 in {_MANIFEST}; the directory is corrupt."
-                raise ValueError(msg)
+        verify_model_dir(path, fmt=FORMAT_NAME, version=FORMAT_VERSION, what="mixgf histology model")
         meta = json.loads((path / _META).read_text(encoding="utf-8"))
         weights = dict(load_file(str(path / _ARRAYS)))
         return cls(method=meta["method"], genes=meta["genes"], config=meta["config"], weights=weights,

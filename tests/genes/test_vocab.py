@@ -161,6 +161,9 @@ def test_default_vocabulary_is_complete_and_records_its_untrained_tokens(tmp_pat
     w = Vocabulary.load(v.save(tmp_path / "v.json.gz"))
     np.testing.assert_array_equal(w.untrained, v.untrained)
     assert w.sha256 == v.sha256
+    import dataclasses
+
+    assert dataclasses.replace(v, untrained=None).sha256 == v.sha256  # the record is not the token mapping
     assert Vocabulary.load("geneformer-v2").untrained is None and Vocabulary.load("geneformer-v2").trained.all()
     with pytest.raises(ValueError, match="outside the vocabulary"):
         Vocabulary(["<pad>", "ENSG00000111640"], np.array([np.nan, 1.0]), {"pad": "<pad>"}, untrained=[2])

@@ -35,7 +35,12 @@ def test_pretrain_api_two_species(tmp_path, pbmc, baron):
     # the vocabulary's mouse medians say where they come from; human ones are Geneformer's
     src = set(model.vocab.median_source)
     assert "geneformer_gc95M" in src and any(s.startswith(("corpus", "ortholog")) for s in src)
+    # the tokens the 75 training cells had (or their orthologs had) are the trained ones; the rest are recorded
+    v = model.vocab
+    trained_genes = v.trained & v.is_gene
+    assert 0 < trained_genes.sum() < v.is_gene.sum() and v.untrained.size == (v.is_gene & ~v.trained).sum()
     loaded = mgf.MixGeneformer.load(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.vocab.untrained, v.untrained)
     a = pbmc[60:70].copy()
     mgf.tl.embed(a, model=loaded)
     assert np.isfinite(a.obsm["X_mixgf"]).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -334,6 +335,7 @@ def pretrain(
         hardware=_hardware(dev),
         final_losses={k: float(hist[k].tail(20).mean()) for k in ("loss", "mlm", "simcse", "xspec") if k in hist},
     )
+    vocab = dataclasses.replace(vocab, untrained=_untrained_tokens(rows, vocab, to_other))
     model = MixGeneformer(encoder, vocab, name, meta)
     import torch.distributed as dist
 
@@ -398,3 +400,16 @@ def _hardware(dev) -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def _untrained_tokens(rows: Any, vocab: Vocabulary, to_other: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """Gene tokens in no training cell's token list nor in its ortholog-projected copy (their embeddings are untrained)."""
+    seen = np.zeros(len(vocab), dtype=bool)
+    n = len(rows.lengths)
+    for a in range(0, n, chunk):
+        idx = np.arange(a, min(a + chunk, n))
+        for i, r in zip(idx, rows.rows(idx)):
+            seen[np.asarray(r[: rows.lengths[i]], dtype=np.int64)] = True
+    projected = to_other[np.flatnonzero(seen)]
+    seen[projected[projected >= 0]] = True
+    return np.flatnonzero(vocab.is_gene & ~seen)

@@ -390,13 +390,21 @@ class Vocabulary:
         )
 
     def to_json(self) -> str:
-        """Canonical JSON text (sorted keys, no whitespace): what :attr:`sha256` hashes."""
+        """Canonical JSON text (sorted keys, no whitespace); :attr:`sha256` hashes it without the untrained record."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     @cached_property
     def sha256(self) -> str:
-        """SHA-256 of the canonical JSON, which identifies the vocabulary in results and checkpoints."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
+        """SHA-256 of the canonical JSON, which identifies the vocabulary in results and checkpoints.
+
+        The record of untrained tokens is left out: it describes a model, not what the token ids mean, so models
+        trained with one vocabulary on different cells accept each other's tokens.
+        """
+        d = self.to_dict()
+        d.pop("untrained", None)
+        return hashlib.sha256(
+            json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+        ).hexdigest()
 
     def save(self, path: str | Path) -> Path:
         """Write the vocabulary as JSON (gzip-compressed when the name ends in ``.gz``).

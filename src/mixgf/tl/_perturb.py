@@ -289,7 +289,8 @@ def perturb(
     control_cells
         Cells per tested gene in which its controls are perturbed (``test="matched"`` with a gene list; default
         100, `None`: every cell where the gene is perturbed). The gene's own shifts are measured in all of its cells
-        either way. Fewer cells cost less and keep the test's calibration (the gene and its controls are compared
+        either way; a control shared with another tested gene is also perturbed in that gene's cells, and the test
+        uses every cell where the gene and three of its controls were perturbed. Fewer cells cost less and keep the test's calibration (the gene and its controls are compared
         in the same cells); they cost power only for small effects (the perturbation guide has the measurements).
     device, dtype, token_budget
         As in :func:`mixgf.tl.embed`.

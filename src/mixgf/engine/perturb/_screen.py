@@ -124,8 +124,10 @@ def run_screen(
         Control sets per tested set (``test="matched"``).
     control_cells
         Cells per tested set in which its controls are perturbed (``test="matched"``), drawn at random (seeded) in
-        one order shared by all tested sets; `None`: every cell where the set is perturbed. The test compares the
-        tested set with its controls in those cells; its own shifts are still measured in all of its cells.
+        one order shared by all tested sets; `None`: every cell where the set is perturbed. A control shared by
+        several tested sets is perturbed in all of their chosen cells. The test compares a tested set with its
+        controls in the cells where at least three of them were perturbed; its own shifts are measured in all of its
+        cells.
     control_pool
         Boolean over token ids: genes that may be controls (e.g. genes of the cells' species); a candidate must
         also be expressed in the cells and not be tested. `None`: the tested genes are each other's controls (a

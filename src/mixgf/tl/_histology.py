@@ -13,11 +13,12 @@ import scipy.sparse as sp
 from .. import _logging as logg
 from .._keys import IMAGE_FEATURES_KEY, PREDICTED_KEY
 from .._version import __version__
+from ..engine._device import resolve_device
 from ..engine.histology import (
     HistologyModel,
     SpotImage,
     channel_stats,
-    encoder_features,
+    module_features,
     spot_clusters,
     stain_normalize,
     summary_feature_names,
@@ -183,10 +184,13 @@ def image_features(
     if method == "summary":
         feats, names = summary_features(patches), summary_feature_names()
     elif method == "cnn":
-        feats = _cnn_features(model, patches, batch_size, device)
+        if model is None or not model.uses_patches:
+            msg = "method='cnn' needs model= a retrieval HistologyModel trained with use_patches=True."
+            raise ValueError(msg)
+        feats = model.image_embedding(patches, batch_size=batch_size, device=resolve_device(device))
         names = [f"cnn_{i}" for i in range(feats.shape[1])]
     elif callable(method):
-        feats = _module_features(method, weights, patches, batch_size, device)
+        feats = module_features(method, patches, weights=weights, batch_size=batch_size, device=resolve_device(device))
         names = [f"{name}_{i}" for i in range(feats.shape[1])]
     else:
         msg = f"method must be 'summary', 'cnn', a torch module or a callable; got {method!r}."
@@ -199,48 +203,6 @@ def image_features(
     }
     logg.info(f"    added {key_added!r} (adata.obsm, {feats.shape[1]} features), {key_added!r} (adata.uns)", start=t0)
     return target if copy else None
-
-
-def _cnn_features(model: HistologyModel | None, patches: np.ndarray, batch_size: int, device: Any) -> np.ndarray:
-    from ..engine._device import resolve_device
-    from ..engine.histology._retrieval import _load, build_retrieval_nets
-
-    if model is None or not model.uses_patches:
-        msg = "method='cnn' needs model= a retrieval HistologyModel trained with use_patches=True."
-        raise ValueError(msg)
-    dev = resolve_device(device)
-    img, _ = build_retrieval_nets(model.config)
-    img = _load(img, model.weights, "image.").to(dev)
-    return encoder_features(model.normalize_patches(patches), img.embed, batch_size=batch_size, device=dev)
-
-
-def _module_features(method: Any, weights: Any, patches: np.ndarray, batch_size: int, device: Any) -> np.ndarray:
-    import torch
-
-    from ..engine._device import resolve_device
-
-    if isinstance(method, torch.nn.Module):
-        dev = resolve_device(device)
-        if weights is not None:
-            from safetensors.torch import load_file
-
-            state = load_file(str(weights))
-            missing = method.load_state_dict(state, strict=False)
-            if missing.missing_keys or missing.unexpected_keys:
-                msg = (
-                    f"weights {weights} do not fit the module: missing {missing.missing_keys[:5]}, unexpected "
-                    f"{missing.unexpected_keys[:5]}. Pass the architecture these weights were saved from."
-                )
-                raise ValueError(msg)
-        return encoder_features(patches, method.to(dev), batch_size=batch_size, device=dev)
-    if weights is not None:
-        msg = "weights= loads into a torch module; it cannot be used with a plain callable."
-        raise ValueError(msg)
-    out = np.asarray(method(patches), dtype=np.float32)
-    if out.ndim != 2 or len(out) != len(patches):
-        msg = f"the feature callable must return spots x features; got shape {out.shape} for {len(patches)} spots."
-        raise ValueError(msg)
-    return out
 
 
 def _lognorm(X: sp.csr_matrix, totals: np.ndarray) -> sp.csr_matrix:

@@ -8,7 +8,14 @@ functions that train or run networks.
 from __future__ import annotations
 
 from ._composition import composition_predict, spot_clusters, train_composition
-from ._features import channel_stats, encoder_features, stain_normalize, summary_feature_names, summary_features
+from ._features import (
+    channel_stats,
+    encoder_features,
+    module_features,
+    stain_normalize,
+    summary_feature_names,
+    summary_features,
+)
 from ._image import SpotImage, check_spots
 from ._model import HistologyModel
 from ._retrieval import retrieval_predict, spot_keys, train_retrieval
@@ -20,6 +27,7 @@ __all__ = [
     "check_spots",
     "composition_predict",
     "encoder_features",
+    "module_features",
     "retrieval_predict",
     "spot_clusters",
     "spot_keys",

@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["channel_stats", "encoder_features", "stain_normalize", "summary_feature_names", "summary_features"]
+__all__ = [
+    "channel_stats",
+    "encoder_features",
+    "module_features",
+    "stain_normalize",
+    "summary_feature_names",
+    "summary_features",
+]
 
 _GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation")
 _LBP_P = 8
@@ -231,3 +238,50 @@ def stain_normalize(patches: np.ndarray, target_mean: np.ndarray, target_std: np
     mean, std = channel_stats(patches)
     x = (np.asarray(patches, dtype=np.float32) - mean) / std * np.asarray(target_std) + np.asarray(target_mean)
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def module_features(
+    method: Callable, patches: np.ndarray, *, weights: Any = None, batch_size: int = 64, device: Any = "cpu"
+) -> np.ndarray:
+    """Features of patches from a user's encoder: a torch module (optionally with local weights) or a callable.
+
+    A callable maps the uint8 patches to spots x features; a module runs through :func:`encoder_features`.
+
+    Parameters
+    ----------
+    method
+        A torch ``nn.Module`` (run by :func:`encoder_features`) or a callable.
+    patches
+        uint8 RGB patches, spots x height x width x 3.
+    weights
+        Path of a safetensors state dict to load into the module first (modules only).
+    batch_size, device
+        As in :func:`encoder_features`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Features, spots x d (float32).
+    """
+    import torch
+
+    if isinstance(method, torch.nn.Module):
+        if weights is not None:
+            from safetensors.torch import load_file
+
+            missing = method.load_state_dict(load_file(str(weights)), strict=False)
+            if missing.missing_keys or missing.unexpected_keys:
+                msg = (
+                    f"weights {weights} do not fit the module: missing {missing.missing_keys[:5]}, unexpected "
+                    f"{missing.unexpected_keys[:5]}. Pass the architecture these weights were saved from."
+                )
+                raise ValueError(msg)
+        return encoder_features(patches, method.to(device), batch_size=batch_size, device=device)
+    if weights is not None:
+        msg = "weights= loads into a torch module; it cannot be used with a plain callable."
+        raise ValueError(msg)
+    out = np.asarray(method(patches), dtype=np.float32)
+    if out.ndim != 2 or len(out) != len(patches):
+        msg = f"the feature callable must return spots x features; got shape {out.shape} for {len(patches)} spots."
+        raise ValueError(msg)
+    return out

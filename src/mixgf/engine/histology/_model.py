@@ -136,6 +136,15 @@ class HistologyModel:
 
         return stain_normalize(patches, np.asarray(self.config["stain_mean"]), np.asarray(self.config["stain_std"]))
 
+    def image_embedding(self, patches: np.ndarray, *, batch_size: int = 64, device: Any = "cpu") -> np.ndarray:
+        """The trained CNN's embedding of patches (stain-normalised as in training); retrieval models with patches."""
+        from ._features import encoder_features
+        from ._retrieval import _load, build_retrieval_nets
+
+        img, _ = build_retrieval_nets(self.config)
+        img = _load(img, self.weights, "image.").to(device)
+        return encoder_features(self.normalize_patches(patches), img.embed, batch_size=batch_size, device=device)
+
     def predict(
         self, *, patches: np.ndarray | None = None, features: np.ndarray | None = None, k: int = 200,
         device: Any = "cpu",

@@ -178,11 +178,13 @@ def _open_store(adata: AnnData, model: MixGeneformer, tokens_key: str, path: str
 
 def untrained_present(model: MixGeneformer, tokens: np.ndarray) -> np.ndarray:
     """Ids of the model's untrained gene tokens (never in its training cells) that occur in ``tokens``."""
-    untrained = model.vocab.untrained
-    if untrained is None or not untrained.size:
+    vocab = model.vocab
+    if vocab.untrained is None or not vocab.untrained.size:
         return np.empty(0, dtype=np.int64)
-    ids = np.unique(np.asarray(tokens))
-    return ids[np.isin(ids, untrained)]
+    present = np.zeros(len(vocab), dtype=bool)
+    ids = np.asarray(tokens, dtype=np.int64).ravel()
+    present[ids[ids >= 0] if ids.size and ids.min() < 0 else ids] = True  # one pass, no sort
+    return np.flatnonzero(present & ~vocab.trained)
 
 
 def warn_untrained(model: MixGeneformer, ids: np.ndarray, *, tested: bool) -> None:

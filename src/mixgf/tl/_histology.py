@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from .. import _logging as logg
 from .._keys import IMAGE_FEATURES_KEY, PREDICTED_KEY
+from .._utils._docs import doc_params
 from .._version import __version__
 from ..engine._device import resolve_device
 from ..engine.histology import (
@@ -87,6 +88,7 @@ def _cut_patches(adata: AnnData, geometry: dict[str, Any], image: Any = None) ->
     return img.patches(coords, side=side, patch_px=geometry["patch_px"], names=adata.obs_names)
 
 
+@doc_params("doc_device", "doc_copy")
 def image_features(
     adata: AnnData,
     *,
@@ -143,12 +145,10 @@ def image_features(
         ``obsm`` key of the spot coordinates.
     batch_size
         Patches per forward pass of an encoder.
-    device
-        Torch device for encoders (`None`: :attr:`mixgf.settings.device`).
+    {doc_device}
     key_added
         ``obsm`` key of the features; ``uns[key_added]`` holds their names and how the patches were cut.
-    copy
-        Return a copy instead of writing into ``adata``.
+    {doc_copy}
 
     Returns
     -------
@@ -470,6 +470,7 @@ def _fit_prototypes(data: dict[str, Any], lognorm: sp.csr_matrix, gidx: np.ndarr
     return config, weights, history
 
 
+@doc_params("doc_device", "doc_copy")
 def predict_expression(
     adata: AnnData,
     model: HistologyModel | str | Path,
@@ -496,13 +497,11 @@ def predict_expression(
         Reference spots averaged per query (retrieval; mclSTExp used 200).
     image
         The section's image, when the features were computed from an array.
-    device
-        Torch device (`None`: :attr:`mixgf.settings.device`).
+    {doc_device}
     key_added
         ``obsm`` key of the predictions: a DataFrame spots x genes of ``log1p`` counts per 10,000; the prototypes
         method also writes the composition to ``obsm[key_added + "_composition"]``.
-    copy
-        Return a copy instead of writing into ``adata``.
+    {doc_copy}
 
     Returns
     -------

@@ -262,6 +262,22 @@ def module_features(
     -------
     numpy.ndarray
         Features, spots x d (float32).
+
+    Examples
+    --------
+    A small randomly initialised convolutional encoder (any torchvision or timm model works the same way) and a
+    plain function, on 4 random patches:
+
+    >>> import numpy as np
+    >>> import torch
+    >>> from mixgf.engine.histology import module_features
+    >>> patches = np.random.default_rng(0).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    >>> _ = torch.manual_seed(0)
+    >>> cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1))
+    >>> module_features(cnn, patches).shape
+    (4, 8)
+    >>> module_features(lambda p: p.reshape(len(p), -1, 3).mean(axis=1), patches).shape  # mean colour per patch
+    (4, 3)
     """
     import torch
 

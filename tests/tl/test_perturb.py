@@ -211,6 +211,10 @@ def test_bad_goal_selection_and_options(a, default_model):
         mgf.tl.perturb(a, genes=["CD74"], mode="knockout", model=default_model)
     with pytest.raises(ValueError, match="n_controls"):
         mgf.tl.perturb(a, genes=["CD74"], n_controls=1, model=default_model)
+    for bad in (0, -5, True):
+        with pytest.raises(ValueError, match="control_cells must be a positive number of cells or None"):
+            mgf.tl.perturb(a, genes=["CD74"], control_cells=bad, model=default_model)
+    assert "mixgf_perturb" not in a.uns  # refused before anything was written
     with pytest.raises(ValueError, match="same gene twice"):
         mgf.tl.perturb(a, genes=[["CD74", "CD74"]], model=default_model)
 

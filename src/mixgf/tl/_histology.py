@@ -14,7 +14,6 @@ from .. import _logging as logg
 from .._keys import IMAGE_FEATURES_KEY, PREDICTED_KEY
 from .._utils._docs import doc_params
 from .._version import __version__
-from ..engine._device import resolve_device
 from ..engine.histology import (
     HistologyModel,
     SpotImage,
@@ -181,6 +180,8 @@ def image_features(
     t0 = logg.info(f"cutting {adata.n_obs:,} patches of {context} spot diameters from a {img.size} px image")
     patches = img.patches(coords, side=context * float(diam), patch_px=patch_px, names=adata.obs_names)
     name = method if isinstance(method, str) else type(method).__name__
+    from ..engine._device import resolve_device
+
     if method == "summary":
         feats, names = summary_features(patches), summary_feature_names()
     elif method == "cnn":

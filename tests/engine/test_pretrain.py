@@ -95,6 +95,28 @@ def test_resume_gives_the_same_run(tmp_path):
         assert torch.equal(p, q), n
 
 
+def test_stable_phase_can_be_extended(tmp_path):
+    from mixgf.engine.train._pretrain import _lr
+
+    short = PretrainConfig(steps=12, decay_steps=4, warmup_steps=2, token_budget=300, max_cells=8, log_every=100)
+    rates = [_lr(s, short) for s in range(12)]
+    assert rates[:2] == [5e-4, 1e-3] and set(rates[2:8]) == {1e-3} and rates[8] == 1e-3 > rates[9] > rates[11] > 0
+    with pytest.raises(ValueError, match="decay_steps"):
+        PretrainConfig(steps=12, decay_steps=11, warmup_steps=2)
+    # a long run stopped in its stable phase and resumed as a shorter one == the shorter run from the start
+    long = PretrainConfig(steps=40, decay_steps=4, warmup_steps=2, token_budget=300, max_cells=8, log_every=100,
+                          checkpoint_every=6, keep_checkpoints=10)  # fmt: skip
+    pretrain_encoder(_model(), _corpus(), long, out_dir=tmp_path / "a", device="cpu", resume=False)
+    for p in (tmp_path / "a").glob("step-*"):
+        if p.name != "step-00000006":
+            shutil.rmtree(p)
+    resumed, h_res = pretrain_encoder(_model(seed=5), _corpus(), short, out_dir=tmp_path / "a", device="cpu")
+    full, h_full = pretrain_encoder(_model(), _corpus(), short, out_dir=tmp_path / "b", device="cpu")
+    assert [h["loss"] for h in h_res] == [h["loss"] for h in h_full]
+    for (n, p), (_, q) in zip(full.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(p, q), n
+
+
 @pytest.mark.parametrize(("native", "want"), [(False, "float32"), (True, "bfloat16")])
 def test_auto_dtype_on_cpu_is_bf16_only_with_native_bf16(tmp_path, monkeypatch, mixgf_log, native, want):
     from mixgf.engine import _device

@@ -62,6 +62,11 @@ class PretrainConfig:
         Truncate cells to their top-ranked ``train_max_len`` tokens during training (`None`: no truncation).
     lr, warmup_steps, min_lr_ratio
         Peak learning rate, linear warm-up, cosine decay down to ``min_lr_ratio * lr``.
+    decay_steps
+        `None`: the cosine decay spans every step after the warm-up. A number: the rate stays at its peak after the
+        warm-up and the cosine decay spans only the last ``decay_steps`` steps (warm-up, stable, decay). A run in its
+        stable phase can then be resumed with more ``steps`` without changing the rate of any step already taken,
+        so checkpoints of runs compared at equal compute can be continued instead of retrained.
     weight_decay, betas, eps, grad_clip
         AdamW and gradient clipping (``grad_clip <= 0`` disables it).
     mask_prob
@@ -107,6 +112,7 @@ class PretrainConfig:
     lr: float = 1e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0
+    decay_steps: int | None = None
     weight_decay: float = 0.001
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -134,6 +140,9 @@ class PretrainConfig:
             raise ValueError(msg)
         if self.steps < 1 or self.token_budget < 1 or self.max_cells < 2:
             msg = "steps and token_budget must be positive and max_cells at least 2."
+            raise ValueError(msg)
+        if self.decay_steps is not None and not 0 < self.decay_steps <= self.steps - self.warmup_steps:
+            msg = f"decay_steps must lie in [1, steps - warmup_steps], got {self.decay_steps}."
             raise ValueError(msg)
         if not 0 < self.mask_prob < 1:
             msg = f"mask_prob must lie in (0, 1), got {self.mask_prob}."
@@ -191,8 +200,10 @@ class _Schedule:
 def _lr(step: int, cfg: PretrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    t = min((step - cfg.warmup_steps) / span, 1.0)
+    begin = cfg.warmup_steps if cfg.decay_steps is None else cfg.steps - cfg.decay_steps
+    if step < begin:
+        return cfg.lr
+    t = min((step - begin) / max(cfg.steps - begin, 1), 1.0)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 

@@ -125,9 +125,8 @@ def main() -> None:
     lines = [
         "## Gene embeddings from co-expression graphs (`benchmarks/gene_graph.py`)",
         "",
-        "`OMP_NUM_THREADS=1 python benchmarks/gene_graph.py --write-docs"
-        + (f" --compare-pyg {args.compare_pyg}`" if args.compare_pyg else "`")
-        + f" — {args.threads} CPU thread on a shared 2-core machine, torch {torch.__version__}, "
+        f"`OMP_NUM_THREADS={args.threads} python benchmarks/gene_graph.py --write-docs --threads {args.threads}`"
+        f" — {args.threads} CPU thread(s) on a shared 2-core machine, torch {torch.__version__}, "
         f"{total / 60:.1f} min in all. {len(sets)} real datasets, {args.n_top_genes}-gene graphs, one model "
         f"trained {args.epochs} epochs (seed {args.seed}), 10 % of each graph's edges held out.",
         "",
@@ -168,7 +167,7 @@ def main() -> None:
         lines.append(f"| {pair} | {metric.removeprefix('ortholog_')} | {vals} |")
     lines += ["", "Full per-dataset table: `benchmarks/gene_graph_results.csv`. See {doc}`gene_graph` for what the "
               "numbers mean.", ""]  # fmt: skip
-    write_docs_section(args.out, "## Gene embeddings from co-expression graphs", "\n".join(lines))
+    write_docs_section(args.out, lines[0], "\n".join(lines))
 
 
 if __name__ == "__main__":

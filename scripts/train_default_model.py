@@ -194,20 +194,6 @@ def evaluate(
     return res
 
 
-def neutralise_untrained(model: MixGeneformer) -> int:
-    """Give gene tokens no training cell had the mean input embedding of the trained ones (instead of their random
-    initial one), so that an untrained gene in a user's cell acts as an average gene; their MLM output bias stays the
-    trained one (never a target, so pushed down)."""
-    v = model.vocab
-    if v.untrained is None or v.untrained.size == 0:
-        return 0
-    w = model.encoder.embeddings.word.weight
-    with torch.no_grad():
-        trained = torch.from_numpy(np.flatnonzero(v.trained & v.is_gene))
-        w[torch.from_numpy(v.untrained.astype(np.int64))] = w[trained].mean(dim=0)
-    return int(v.untrained.size)
-
-
 def classify_eval(model: MixGeneformer, corpus, heldout: dict, epochs: int, max_len: int = 256) -> dict:
     """Fine-tuned classification on pbmc3k's held-out cells vs logistic regression on log1p HVGs (same split)."""
     from sklearn.linear_model import LogisticRegression
@@ -492,11 +478,9 @@ def main() -> None:
     if not args.skip_training:
         subprocess.run([sys.executable, "-m", "mixgf", "pretrain", str(args.config)], check=True)
     model = MixGeneformer.load(out / "model")
-    n_neutral = neutralise_untrained(model)
     corpus = load_corpus(cfg, base)
     heldout = json.loads((out / "model" / "heldout.json").read_text())
     res = evaluate(model, random_model(model), corpus, heldout)
-    res["neutralised_untrained_tokens"] = n_neutral
     if args.classify_epochs > 0:
         res["classify"] = classify_eval(model, corpus, heldout, args.classify_epochs)
     res["sweep"] = sweep_rows(args.sweep)

@@ -41,6 +41,14 @@ def test_pretrain_api_two_species(tmp_path, pbmc, baron):
     assert 0 < trained_genes.sum() < v.is_gene.sum() and v.untrained.size == (v.is_gene & ~v.trained).sum()
     loaded = mgf.MixGeneformer.load(tmp_path / "model")
     np.testing.assert_array_equal(loaded.vocab.untrained, v.untrained)
+    # untrained tokens act as an average gene: the mean input embedding of the trained ones
+    w = loaded.encoder.embeddings.word.weight.detach().numpy()
+    np.testing.assert_allclose(
+        w[v.untrained],
+        np.broadcast_to(w[np.flatnonzero(trained_genes)].mean(0), (v.untrained.size, w.shape[1])),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     a = pbmc[60:70].copy()
     mgf.tl.embed(a, model=loaded)
     assert np.isfinite(a.obsm["X_mixgf"]).all()

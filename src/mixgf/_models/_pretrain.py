@@ -136,7 +136,9 @@ def pretrain(
     ``{"store": path, "name": ...}``). A seeded ``holdout_fraction`` of every dataset is split off first and never
     trained on; its cell names are saved with the model (``heldout.json``). Without a ``vocab``, one is built from
     the training cells with :func:`mixgf.pp.build_vocabulary`, so the gene medians come from the training corpus
-    (human medians from Geneformer's 95M-cell corpus). Run under ``torchrun`` to train on several GPUs or nodes.
+    (human medians from Geneformer's 95M-cell corpus). Gene tokens no training cell had are recorded in the model's
+    vocabulary (``Vocabulary.untrained``) and given the mean input embedding of the trained ones. Run under
+    ``torchrun`` to train on several GPUs or nodes.
 
     AnnData entries are tokenized in memory. Token stores are streamed: only their per-cell lengths are held in
     memory (the batch schedule needs nothing else) and the rows of upcoming batches are read from disk by a
@@ -336,6 +338,7 @@ def pretrain(
         final_losses={k: float(hist[k].tail(20).mean()) for k in ("loss", "mlm", "simcse", "xspec") if k in hist},
     )
     vocab = dataclasses.replace(vocab, untrained=_untrained_tokens(rows, vocab, to_other))
+    _average_untrained(encoder, vocab)
     model = MixGeneformer(encoder, vocab, name, meta)
     import torch.distributed as dist
 
@@ -400,6 +403,22 @@ def _hardware(dev) -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def _average_untrained(encoder: Any, vocab: Vocabulary) -> None:
+    """Give the untrained gene tokens the mean input embedding of the trained ones, not their random start.
+
+    Such a gene in a user's cell then acts as an average gene (what ``tl.embed`` / ``tl.perturb`` warn about); the
+    tokens' MLM output bias stays as trained (never a target, so pushed down).
+    """
+    import torch
+
+    if vocab.untrained is None or not vocab.untrained.size:
+        return
+    w = encoder.embeddings.word.weight
+    with torch.no_grad():
+        trained = torch.as_tensor(np.flatnonzero(vocab.trained & vocab.is_gene), device=w.device)
+        w[torch.as_tensor(vocab.untrained.astype(np.int64), device=w.device)] = w[trained].mean(dim=0)
 
 
 def _untrained_tokens(rows: Any, vocab: Vocabulary, to_other: np.ndarray, chunk: int = 65_536) -> np.ndarray:

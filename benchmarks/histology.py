@@ -40,8 +40,9 @@ COLS = ["HEG50 r", "HVG250 r", "frac r>0.3", "seconds"]
 HEADING = "## Expression from histology (her2st)"
 
 
-def load_sections(shared: Path) -> dict[str, ad.AnnData]:
-    """The 7 usable sections with their image, scale and spot diameter, and summary image features."""
+def load_sections(shared: Path, *, embed: bool = True) -> dict[str, ad.AnnData]:
+    """The 7 usable sections with their image, scale and spot diameter, summary image features and (``embed``)
+    the bundled default model's embedding of every spot (``obsm["X_mixgf"]``, for the spot encoder rows)."""
     d = shared / "data" / "her2st"
     full = ad.read_h5ad(d / "her2st_36sections_counts.h5ad")
     images = pd.read_csv(d / "images" / "IMAGES.tsv", sep="\t").set_index("section")
@@ -54,6 +55,13 @@ def load_sections(shared: Path) -> dict[str, ad.AnnData]:
             a, image=d / images.loc[s, "file"], scale_factor=float(images.loc[s, "scale_spatial_to_image"]),
             spot_diameter=float(meta.loc[s, "spot_diameter_fullres_px"]), context=1.5, patch_px=64,
         )  # fmt: skip
+        if embed:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # genes the small default model never saw in training
+                mgf.pp.rank_tokenize(a, duplicates="sum")  # symbols: gene_id is empty for 1,110 genes
+                mgf.tl.embed(a)
         out[s] = a
     return out
 
@@ -116,6 +124,17 @@ MODELS = {
     "retrieval: CNN + features (mixgf default)": {"method": "retrieval", "use_patches": True},
     "retrieval: CNN only (mclSTExp-like)": {"method": "retrieval", "use_patches": True, "use_rep": None},
     "retrieval: features only": {"method": "retrieval", "use_patches": False},
+    "retrieval: CNN + features, spot encoder + mixgf embedding": {
+        "method": "retrieval",
+        "use_patches": True,
+        "spot_rep": "X_mixgf",
+    },
+    "retrieval: CNN + features, spot encoder on mixgf embedding only": {
+        "method": "retrieval",
+        "use_patches": True,
+        "spot_rep": "X_mixgf",
+        "spot_expression": False,
+    },
     "prototypes: 8 clusters (CPNN-like)": {"method": "prototypes"},
 }
 CNN_MODELS = {k for k, v in MODELS.items() if v.get("use_patches") and v["method"] == "retrieval"}
@@ -129,7 +148,11 @@ def run_fold(protocol: str, train: list[ad.AnnData], tests: dict[str, ad.AnnData
     genes, heg, hvg = select_genes(_lognorm(X, np.asarray(X.sum(axis=1)).ravel()), A.var_names)
     preds: dict[str, dict[str, tuple[np.ndarray, float]]] = {s: baselines(train, t, genes) for s, t in tests.items()}
     for label, kw in MODELS.items():
-        if (args.quick and "only" in label) or (not cnn and label in CNN_MODELS):
+        if (
+            (args.quick and "only" in label)
+            or (not cnn and label in CNN_MODELS)
+            or (args.no_mixgf and "mixgf" in label)
+        ):
             continue
         t = time.perf_counter()
         model = mgf.tl.train_histology_model(train, genes=genes, seed=args.seed, **kw)
@@ -164,6 +187,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--loso", action="store_true", help="also leave-one-section-out (secondary, leaky)")
     ap.add_argument("--quick", action="store_true", help="skip the ablation rows")
+    ap.add_argument("--no-mixgf", action="store_true", help="skip the rows with mixgf spot embeddings (no embedding)")
     ap.add_argument("--no-lopo", action="store_true", help="skip leave-one-patient-out (e.g. to run --loso apart)")
     ap.add_argument("--rows-out", type=Path, help="also write every row to this CSV")
     ap.add_argument("--from-rows", type=Path, nargs="+", help="write the docs from saved CSVs; compute nothing")
@@ -182,16 +206,17 @@ def main() -> None:
         print(summary.to_string())
         runs = ", ".join(f"{m / 60:.1f}" for m in meta["total_s"])
         cmd = (
-            "two runs at the same time, `OMP_NUM_THREADS=1 python benchmarks/histology.py --rows-out lopo.csv` and "
+            "two runs, `OMP_NUM_THREADS=1 python benchmarks/histology.py --rows-out lopo.csv` and "
             "`OMP_NUM_THREADS=1 python benchmarks/histology.py --no-lopo --loso --rows-out loso.csv` "
             f"({runs} min), then `python benchmarks/histology.py --from-rows lopo.csv loso.csv --write-docs`"
         )
         write_docs(args, table, summary, float(meta["features_s"].max()), cmd)
         return
     t0 = time.perf_counter()
-    secs = load_sections(args.shared)
+    secs = load_sections(args.shared, embed=not args.no_mixgf)
     t_feat = time.perf_counter() - t0
-    print(f"features of {sum(a.n_obs for a in secs.values())} spots in {t_feat:.1f} s", flush=True)
+    print(f"features (and mixgf embeddings) of {sum(a.n_obs for a in secs.values())} spots in {t_feat:.1f} s",
+          flush=True)  # fmt: skip
     rows: list[dict] = []
     for patient in () if args.no_lopo else ("A", "B", "C"):
         tests = {s: secs[s] for s in SECTIONS if s.startswith(patient)}
@@ -250,13 +275,17 @@ def write_docs(args, table: pd.DataFrame, summary: pd.DataFrame, t_feat: float, 
     body = f"""{HEADING}
 
 Command: {cmd}; seed {args.seed}, k = {args.k}, one thread each, on a 2-core CPU shared with other work
-(the summary features of all 7 sections took {t_feat:.0f} s). Data: her2st sections A1, B4, C2-C6
+(the summary features and mixgf embeddings of all 7 sections took {t_feat:.0f} s). Data: her2st sections A1, B4, C2-C6
 (patients A, B, C; the only sections whose H&E images fit their spots). **Leave-one-patient-out**: each model is
 trained on two patients and tested on every section of the third; genes (250 HVG + 50 most expressed) are chosen
 on the training sections. Pearson r per gene between predicted and measured `log1p` counts per 10,000 over the test
 spots, averaged over the 50 most expressed (HEG50) and 250 most variable (HVG250) genes; "frac r>0.3" over all
 predicted genes; seconds = training + prediction per fold. The floor predicts each spot's total times the training
 gene rates, which after per-spot normalisation is the same value for every spot, so its r is undefined (—).
+Rows "spot encoder + mixgf embedding" put mixgf's transformer in front of the retrieval spot encoder: every spot is
+rank-tokenized and embedded by the bundled default model (`mgf.pp.rank_tokenize`, `mgf.tl.embed`; the model never
+saw these spots), and `train_histology_model(..., spot_rep="X_mixgf")` gives that embedding to the spot encoder with
+the expression ("only": `spot_expression=False`, the embedding alone); queries are still embedded from their image.
 
 Mean over test sections:
 

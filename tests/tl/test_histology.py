@@ -167,3 +167,35 @@ def test_train_predict_errors(a1, c3):
     with pytest.raises(KeyError, match="needs obsm"):
         mgf.tl.predict_expression(d, model)
     assert isinstance(model, HistologyModel) and not model.uses_patches
+
+
+def test_retrieval_with_mixgf_spot_embeddings(a1, c3):
+    """mixgf's transformer as the spot encoder's first stage: its embeddings of the training spots join their
+    expression (or replace it); queries still need only their image."""
+    import warnings
+
+    a = a1.copy()
+    with mgf.settings.override(verbosity="error"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # genes whose tokens the default model never saw
+        mgf.pp.rank_tokenize(a)
+        mgf.tl.embed(a)
+        both = mgf.tl.train_histology_model(a, spot_rep="X_mixgf", use_patches=False, epochs=2, seed=0)
+        alone = mgf.tl.train_histology_model(a, spot_rep="X_mixgf", spot_expression=False, use_patches=False,
+                                             epochs=2, seed=0)  # fmt: skip
+        plain = mgf.tl.train_histology_model(a, use_patches=False, epochs=2, seed=0)
+    dim = a.obsm["X_mixgf"].shape[1]
+    assert both.config["n_genes"] == len(both.genes) + dim and alone.config["n_genes"] == dim
+    assert plain.config["n_genes"] == len(plain.genes)
+    assert both.params["spot_rep"] == "X_mixgf" and alone.params["spot_expression"] is False
+    # the keys differ with the input; the averaged expression is the measured one in every case
+    assert not np.allclose(both.weights["ref_keys"], plain.weights["ref_keys"])
+    np.testing.assert_array_equal(both.weights["ref_expression"], plain.weights["ref_expression"])
+    assert "X_mixgf" not in c3.obsm
+    out = mgf.tl.predict_expression(c3, both, k=10, copy=True)
+    assert out.obsm["mixgf_predicted"].shape == (36, len(both.genes))
+    with pytest.raises(KeyError, match=r"tokenize and embed its spots"):
+        mgf.tl.train_histology_model(a1, spot_rep="X_mixgf", use_patches=False)
+    with pytest.raises(ValueError, match="prototypes method has none"):
+        mgf.tl.train_histology_model(a, method="prototypes", spot_rep="X_mixgf")
+    with pytest.raises(ValueError, match="no input"):
+        mgf.tl.train_histology_model(a, spot_expression=False, use_patches=False)

@@ -244,16 +244,26 @@ def select_genes(lognorm: sp.csr_matrix, var_names: Sequence[str], *, n_heg: int
 
 
 def _gather(adatas: Sequence[AnnData], layer: str | None, use_rep: str | None, use_patches: bool,
-            images: Sequence[Any] | None, per_section: bool) -> dict[str, Any]:  # fmt: skip
-    """Counts, features, patches and grid positions of the training spots, over the genes all inputs share."""
+            images: Sequence[Any] | None, per_section: bool, spot_rep: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Counts, features, patches, grid positions and spot representations of the training spots (shared genes)."""
     common = adatas[0].var_names
     for a in adatas[1:]:
         common = common.intersection(a.var_names, sort=False)
     if len(common) == 0:
         msg = "the training AnnDatas share no var_names; use the same gene names in all of them."
         raise ValueError(msg)
-    counts, totals, feats, patches, pos, section = [], [], [], [], [], []
+    counts, totals, feats, patches, pos, section, reps = [], [], [], [], [], [], []
     for i, a in enumerate(adatas):
+        if spot_rep is not None:
+            if spot_rep not in a.obsm:
+                msg = (f"training input {i} has no obsm[{spot_rep!r}]; tokenize and embed its spots first "
+                       "(mgf.pp.rank_tokenize, mgf.tl.embed) or pass spot_rep=None.")  # fmt: skip
+                raise KeyError(msg)
+            r = np.asarray(a.obsm[spot_rep], dtype=np.float64)
+            if r.ndim != 2 or len(r) != a.n_obs or not np.isfinite(r).all():
+                msg = f"obsm[{spot_rep!r}] of training input {i} must be a finite spots x dimensions matrix."
+                raise ValueError(msg)
+            reps.append(zscore(r) if per_section else r)
         X = _read_checked(a, layer, counts="raw", what=f"the count matrix of training input {i}")
         counts.append(X[:, a.var_names.get_indexer(common)])
         totals.append(np.asarray(X.sum(axis=1)).ravel())
@@ -279,7 +289,8 @@ def _gather(adatas: Sequence[AnnData], layer: str | None, use_rep: str | None, u
     return {"counts": sp.vstack(counts, format="csr"), "totals": np.concatenate(totals), "genes": common,
             "stain": stain, "geometry": geometry,
             "features": np.vstack(feats) if feats else None, "patches": np.concatenate(patches) if patches else None,
-            "positions": np.vstack(pos), "section": np.concatenate(section)}  # fmt: skip
+            "positions": np.vstack(pos), "section": np.concatenate(section),
+            "spot_rep": np.vstack(reps) if reps else None}  # fmt: skip
 
 
 def train_histology_model(
@@ -291,6 +302,8 @@ def train_histology_model(
     use_rep: str | None = IMAGE_FEATURES_KEY,
     use_patches: bool = True,
     images: Sequence[Any] | None = None,
+    spot_rep: str | None = None,
+    spot_expression: bool = True,
     standardize: Literal["section", "all"] = "section",
     n_prototypes: int = 8,
     groupby: str | None = None,
@@ -329,6 +342,14 @@ def train_histology_model(
         Retrieval only: train the small CNN on the patches (cut again as :func:`image_features` recorded).
     images
         One image per input, when the features were computed from arrays (not needed for paths / ``uns``).
+    spot_rep
+        Retrieval only: ``obsm`` key of a representation of the training spots given to the spot encoder with their
+        expression, e.g. ``"X_mixgf"`` after :func:`mixgf.pp.rank_tokenize` and :func:`mixgf.tl.embed` on the spots
+        (mixgf's transformer as the spot encoder's first stage); standardised like the patch features. Only the
+        training spots need it: a query is embedded from its image alone.
+    spot_expression
+        Retrieval only: give the spots' expression to the spot encoder (`False`: ``spot_rep`` alone). The expression
+        averaged for a prediction is always the measured one.
     standardize
         ``"section"``: z-score the features of every section over its own spots and match the colour statistics of
         every section's patches to the training sections' mean (a Reinhard-style stain normalisation), in training
@@ -380,10 +401,16 @@ def train_histology_model(
     if use_rep is None and not use_patches:
         msg = "nothing to learn from: pass use_rep= (patch features) or, for retrieval, use_patches=True."
         raise ValueError(msg)
+    if spot_rep is not None and method != "retrieval":
+        msg = "spot_rep= feeds the retrieval spot encoder; the prototypes method has none (pass spot_rep=None)."
+        raise ValueError(msg)
+    if not spot_expression and spot_rep is None:
+        msg = "spot_expression=False leaves the spot encoder no input; pass spot_rep= (e.g. 'X_mixgf')."
+        raise ValueError(msg)
     if standardize not in ("section", "all"):
         msg = f"standardize must be 'section' or 'all'; got {standardize!r}."
         raise ValueError(msg)
-    data = _gather(adatas, layer, use_rep, use_patches, images, standardize == "section")
+    data = _gather(adatas, layer, use_rep, use_patches, images, standardize == "section", spot_rep)
     lognorm = _lognorm(data["counts"], data["totals"])
     heg, hvg = [], []
     if genes is None:
@@ -403,7 +430,7 @@ def train_histology_model(
                    f"section(s), {len(genes)} genes, on {dev}")  # fmt: skip
     if method == "retrieval":
         config, weights, history = _fit_retrieval(data, lognorm, gidx, feats, epochs, batch_size, lr,
-                                                  temperature, seed, dev)  # fmt: skip
+                                                  temperature, seed, dev, spot_expression)  # fmt: skip
     else:
         config, weights, history = _fit_prototypes(data, lognorm, gidx, feats, n_prototypes, groupby, adatas,
                                                    epochs, batch_size, lr, seed, dev)  # fmt: skip
@@ -415,7 +442,7 @@ def train_histology_model(
                "feature_std": [] if fstd is None else fstd.tolist(), "target_sum": TARGET_SUM,
                "context": geometry.get("context"), "patch_px": geometry.get("patch_px")}  # fmt: skip
     params = {"method": method, "use_rep": use_rep or "", "use_patches": use_patches, "layer": layer or "",
-              "n_train_spots": len(data["section"]), "n_sections": len(adatas), "highly_expressed": heg,
+              "spot_rep": spot_rep or "", "spot_expression": spot_expression, "n_train_spots": len(data["section"]), "n_sections": len(adatas), "highly_expressed": heg,
               "highly_variable": hvg, "seed": seed, "lr": lr, "device": str(dev), "mixgf_version": __version__}  # fmt: skip
     model = HistologyModel(method, list(map(str, genes)), config, weights, params=params, history=history)
     logg.info(f"    trained {model!r} in {history['train_seconds']:.1f} s", start=t0)
@@ -424,16 +451,20 @@ def train_histology_model(
 
 def _fit_retrieval(data: dict[str, Any], lognorm: sp.csr_matrix, gidx: np.ndarray, feats: np.ndarray | None,
                    epochs: int | None, batch_size: int | None, lr: float, temperature: float, seed: int,
-                   dev: Any) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:  # fmt: skip
+                   dev: Any, spot_expression: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:  # fmt: skip
     from ..engine.histology import spot_keys
 
     expr = np.asarray(lognorm[:, gidx].todense(), dtype=np.float32)
+    spot_in = [expr] if spot_expression else []
+    if data["spot_rep"] is not None:  # standardised over the pooled spots (already per section by default)
+        spot_in.append(zscore(data["spot_rep"]).astype(np.float32))
+    spot_in = np.hstack(spot_in)
     config, weights, history = train_retrieval(
-        expr, data["positions"], patches=data["patches"], features=feats, temperature=temperature,
+        spot_in, data["positions"], patches=data["patches"], features=feats, temperature=temperature,
         epochs=30 if epochs is None else epochs, batch_size=128 if batch_size is None else batch_size, lr=lr,
         seed=seed, device=dev,
     )  # fmt: skip
-    weights["ref_keys"] = spot_keys(config, weights, expr, data["positions"], device=dev)
+    weights["ref_keys"] = spot_keys(config, weights, spot_in, data["positions"], device=dev)
     weights["ref_expression"] = expr
     return config, weights, history
 

@@ -59,7 +59,8 @@ def train_retrieval(
     Parameters
     ----------
     expression
-        Log-normalised expression of the training spots (spots x genes).
+        Spot-encoder input of the training spots (spots x inputs): their log-normalised expression, optionally with
+        other standardised spot representations (e.g. transformer cell embeddings) appended as columns.
     positions
         Integer array coordinates (spots x 2; x, y >= 0).
     patches

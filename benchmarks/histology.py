@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -56,8 +57,6 @@ def load_sections(shared: Path, *, embed: bool = True) -> dict[str, ad.AnnData]:
             spot_diameter=float(meta.loc[s, "spot_diameter_fullres_px"]), context=1.5, patch_px=64,
         )  # fmt: skip
         if embed:
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # genes the small default model never saw in training
                 mgf.pp.rank_tokenize(a, duplicates="sum")  # symbols: gene_id is empty for 1,110 genes

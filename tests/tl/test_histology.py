@@ -195,6 +195,10 @@ def test_retrieval_with_mixgf_spot_embeddings(a1, c3):
     assert out.obsm["mixgf_predicted"].shape == (36, len(both.genes))
     with pytest.raises(KeyError, match=r"tokenize and embed its spots"):
         mgf.tl.train_histology_model(a1, spot_rep="X_mixgf", use_patches=False)
+    bad = a.copy()
+    bad.obsm["X_mixgf"][0, 0] = np.nan
+    with pytest.raises(ValueError, match="must be a finite spots x dimensions matrix"):
+        mgf.tl.train_histology_model(bad, spot_rep="X_mixgf", use_patches=False)
     with pytest.raises(ValueError, match="prototypes method has none"):
         mgf.tl.train_histology_model(a, method="prototypes", spot_rep="X_mixgf")
     with pytest.raises(ValueError, match="no input"):

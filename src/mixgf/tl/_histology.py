@@ -442,8 +442,9 @@ def train_histology_model(
                "feature_std": [] if fstd is None else fstd.tolist(), "target_sum": TARGET_SUM,
                "context": geometry.get("context"), "patch_px": geometry.get("patch_px")}  # fmt: skip
     params = {"method": method, "use_rep": use_rep or "", "use_patches": use_patches, "layer": layer or "",
-              "spot_rep": spot_rep or "", "spot_expression": spot_expression, "n_train_spots": len(data["section"]), "n_sections": len(adatas), "highly_expressed": heg,
-              "highly_variable": hvg, "seed": seed, "lr": lr, "device": str(dev), "mixgf_version": __version__}  # fmt: skip
+              "spot_rep": spot_rep or "", "spot_expression": spot_expression, "n_train_spots": len(data["section"]),
+              "n_sections": len(adatas), "highly_expressed": heg, "highly_variable": hvg, "seed": seed, "lr": lr,
+              "device": str(dev), "mixgf_version": __version__}  # fmt: skip
     model = HistologyModel(method, list(map(str, genes)), config, weights, params=params, history=history)
     logg.info(f"    trained {model!r} in {history['train_seconds']:.1f} s", start=t0)
     return model
@@ -451,7 +452,8 @@ def train_histology_model(
 
 def _fit_retrieval(data: dict[str, Any], lognorm: sp.csr_matrix, gidx: np.ndarray, feats: np.ndarray | None,
                    epochs: int | None, batch_size: int | None, lr: float, temperature: float, seed: int,
-                   dev: Any, spot_expression: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:  # fmt: skip
+                   dev: Any, spot_expression: bool,
+                   ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:  # fmt: skip
     from ..engine.histology import spot_keys
 
     expr = np.asarray(lognorm[:, gidx].todense(), dtype=np.float32)
